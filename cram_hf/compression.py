@@ -1,0 +1,192 @@
+"""Compression operators: magnitude Top-K and N:M masks, pure functions on tensors.
+
+Masks are boolean and ``True`` marks a weight that is *kept*. Nothing here knows about models.
+
+A *level* is either a sparsity ``s`` in ``[0, 1)`` (zero the ``round(s * n)`` smallest magnitudes) or an
+``(N, M)`` pattern (keep the ``N`` largest magnitudes in every group of ``M`` consecutive entries along the
+input dimension of a ``weight[out, in]`` matrix).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence, Union
+
+import torch
+
+Level = Union[float, tuple[int, int]]
+
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+SCOPES = ("global", "layer")
+
+
+def parse_level(value, name: str = "sparsity") -> Level:
+    """Turn ``0.7``, ``"0.7"`` or ``"2:4"`` into a level; raise ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, tuple) and len(value) == 2:
+        value = f"{value[0]}:{value[1]}"
+    if isinstance(value, str):
+        match = _NM_RE.match(value)
+        if match:
+            n, m = int(match.group(1)), int(match.group(2))
+            if not 0 < n < m:
+                raise ValueError(
+                    f"{name}: N:M pattern {value!r} needs 0 < N < M (e.g. '2:4' or '4:8'); got N={n}, M={m}."
+                )
+            return (n, m)
+        if ":" in value:
+            raise ValueError(f"{name}: malformed N:M pattern {value!r}; write two integers like '2:4' or '4:8'.")
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(
+                f"{name}: {value!r} is neither a sparsity in [0, 1) nor an N:M pattern such as '2:4'."
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a float in [0, 1) or an 'N:M' string, got {type(value).__name__}.")
+    value = float(value)
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        hint = ""
+        if value >= 60 and float(value).is_integer():
+            # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124.
+            hint = " In YAML, quote N:M patterns ('2:4'): unquoted, 2:4 is read as the integer 124."
+        raise ValueError(f"{name}: sparsity must be in [0, 1), got {value}.{hint}")
+    return value
+
+
+def level_name(level: Level) -> str:
+    """``0.7`` -> ``"0.7"``, ``(2, 4)`` -> ``"2:4"``."""
+    if isinstance(level, tuple):
+        return f"{level[0]}:{level[1]}"
+    return f"{level:g}"
+
+
+def level_sparsity(level: Level) -> float:
+    """Fraction of weights a level zeroes: ``s`` itself, or ``1 - N/M`` for a pattern."""
+    if isinstance(level, tuple):
+        return 1.0 - level[0] / level[1]
+    return float(level)
+
+
+def num_pruned(numel: int, sparsity: float) -> int:
+    """How many entries a magnitude level zeroes out of ``numel``: ``round(s * n)``."""
+    return int(round(sparsity * numel))
+
+
+def _abs_bits(t: torch.Tensor) -> torch.Tensor:
+    """Bit patterns of ``|t|`` as int32; for non-negative float32 they sort like the values."""
+    a = t.detach().abs()
+    if a.dtype != torch.float32:
+        a = a.float()
+    return a.reshape(-1).view(torch.int32)
+
+
+def kth_smallest_abs(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, int]:
+    """The k-th smallest ``|x|`` (1-based) over all ``tensors`` together, and how many entries lie below it.
+
+    A two-round radix select on the float bit patterns: a histogram of the high 16 bits locates the bin
+    of the k-th value, a histogram of the low 16 bits inside that bin gives it exactly. Two passes over
+    the data instead of a sort; no concatenated copy of the tensors is made. Exact for float32, float16
+    and bfloat16 (compared in float32).
+    """
+    total = sum(t.numel() for t in tensors)
+    if not 1 <= k <= total:
+        raise ValueError(f"k must be in [1, {total}], got {k}.")
+    device = tensors[0].device
+    bits = [_abs_bits(t) for t in tensors]
+    high = torch.zeros(1 << 15, dtype=torch.int64, device=device)
+    for b in bits:
+        high += torch.bincount(b >> 16, minlength=1 << 15)
+    cum = high.cumsum(0)
+    hbin = int(torch.searchsorted(cum, torch.tensor(k, device=device)))
+    below_bin = int(cum[hbin - 1]) if hbin > 0 else 0
+    low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for b in bits:
+        low += torch.bincount(b[(b >> 16) == hbin] & 0xFFFF, minlength=1 << 16)
+    cum_low = low.cumsum(0)
+    lbin = int(torch.searchsorted(cum_low, torch.tensor(k - below_bin, device=device)))
+    below = below_bin + (int(cum_low[lbin - 1]) if lbin > 0 else 0)
+    value = torch.tensor((hbin << 16) | lbin, dtype=torch.int32, device=device).view(torch.float32)
+    return value, below
+
+
+def magnitude_masks(
+    tensors: Sequence[torch.Tensor], sparsity: float, scope: str = "global"
+) -> list[torch.Tensor]:
+    """Keep-masks that zero exactly ``round(s * n)`` smallest-magnitude entries.
+
+    ``scope="global"`` ranks all tensors together (``n`` = total size); ``"layer"`` ranks each tensor on
+    its own. Ties at the threshold are broken by position (earlier tensor, then lower flat index, is
+    pruned first), so the count is always exact.
+    """
+    sparsity = parse_level(sparsity)
+    if isinstance(sparsity, tuple):
+        raise ValueError("sparsity: magnitude_masks takes a float; use nm_mask for N:M patterns.")
+    if scope not in SCOPES:
+        raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}.")
+    if not tensors:
+        return []
+    if scope == "layer":
+        return [_topk_masks([t], num_pruned(t.numel(), sparsity))[0] for t in tensors]
+    return _topk_masks(tensors, num_pruned(sum(t.numel() for t in tensors), sparsity))
+
+
+def _topk_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    if k == 0:
+        return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+    threshold, below = kth_smallest_abs(tensors, k)
+    ties_to_prune = k - below
+    masks = []
+    for t in tensors:
+        a = t.detach().abs()
+        if a.dtype != torch.float32:
+            a = a.float()
+        keep = a > threshold
+        if ties_to_prune > 0:
+            # Entries equal to the threshold: prune the first `ties_to_prune` of them, keep the rest.
+            tie_idx = (a.reshape(-1) == threshold).nonzero().squeeze(1)
+            keep.view(-1)[tie_idx[ties_to_prune:]] = True
+            ties_to_prune -= min(ties_to_prune, tie_idx.numel())
+        masks.append(keep)
+    return masks
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int, name: str = "weight") -> torch.Tensor:
+    """Keep-mask with the ``n`` largest magnitudes in every group of ``m`` consecutive entries along the
+    input dimension (the last one) of a 2-D ``weight[out, in]``. Ties go to the lower index."""
+    parse_level(f"{n}:{m}", "pattern")
+    if weight.dim() != 2:
+        raise ValueError(f"{name}: N:M needs a 2-D weight[out, in], got shape {tuple(weight.shape)}.")
+    if weight.shape[1] % m:
+        raise ValueError(
+            f"{name}: input dimension {weight.shape[1]} is not divisible by M={m} of the {n}:{m} pattern."
+        )
+    a = weight.detach().abs().reshape(-1, m)
+    # rank[j] = number of group members that beat entry j (larger, or equal with a lower index);
+    # M*(M-1) elementwise comparisons are cheaper than a sort for the small M of N:M patterns.
+    rank = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
+    for i in range(m):
+        for j in range(m):
+            if i != j:
+                beats = a[:, i] >= a[:, j] if i < j else a[:, i] > a[:, j]
+                rank[:, j] += beats
+    return (rank < n).view(weight.shape)
+
+
+def check_nm_shape(weight_shape, level: Level, name: str) -> None:
+    """Raise if an N:M level cannot apply to a matrix of this shape."""
+    if isinstance(level, tuple):
+        if len(weight_shape) != 2:
+            raise ValueError(f"{name}: N:M needs a 2-D weight, got shape {tuple(weight_shape)}.")
+        if weight_shape[1] % level[1]:
+            raise ValueError(
+                f"{name}: input dimension {weight_shape[1]} is not divisible by M={level[1]} "
+                f"of the {level_name(level)} pattern."
+            )
+
+
+def compression_masks(tensors: Sequence[torch.Tensor], level: Level, scope: str = "global") -> list[torch.Tensor]:
+    """Keep-masks for one level: magnitude Top-K (global or per layer) or N:M on every tensor."""
+    if isinstance(level, tuple):
+        return [nm_mask(t, level[0], level[1]) for t in tensors]
+    return magnitude_masks(tensors, level, scope)

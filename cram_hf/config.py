@@ -1,0 +1,108 @@
+"""``CrAMConfig``: ``TrainingArguments`` plus the CrAM fields, validated before anything runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from .compression import SCOPES, level_name, parse_level
+from .targets import validate_patterns
+
+DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
+# Optimizers that apply the update inside backward(): there is no gradient left for CrAM to combine.
+_FUSED_UPDATE_OPTIMS = ("lomo", "adalomo")
+
+
+@dataclass
+class CrAMConfig(TrainingArguments):
+    """Training arguments for :class:`~cram_hf.CrAMTrainer`. Every ``TrainingArguments`` field works as
+    usual; the ``cram_*`` fields set the CrAM update (see the README for their effect)."""
+
+    cram_rho: float = field(default=0.05, metadata={"help": "Perturbation radius rho >= 0 (θ̃ = θ + ρ·g)."})
+    cram_sparsities: Optional[list[str]] = field(
+        default_factory=lambda: list(DEFAULT_SPARSITIES),
+        metadata={
+            "help": "Compression levels, one drawn per optimizer step: sparsities in [0, 1) and/or N:M patterns "
+            "such as 2:4 or 4:8 (quote them in YAML). Empty: no compression.",
+            "nargs": "*",
+        },
+    )
+    cram_plus: bool = field(default=True, metadata={"help": "CrAM+: add the clean gradient g to the update."})
+    cram_sparse_grad: bool = field(
+        default=True, metadata={"help": "Mask the target gradients taken at the compressed point."}
+    )
+    cram_scope: str = field(
+        default="global", metadata={"help": "Magnitude ranking over all targets ('global') or per matrix ('layer')."}
+    )
+    cram_targets: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Regexes on parameter names selecting the weights to compress. Default: the Linear weights "
+            "inside the transformer layers.",
+            "nargs": "*",
+        },
+    )
+    cram_grad_norm: bool = field(
+        default=False, metadata={"help": "SAM-style perturbation ρ·g/‖g‖ instead of ρ·g."}
+    )
+
+    def __post_init__(self):
+        self._validate_cram_fields()
+        super().__post_init__()
+        self._validate_cram_compatibility()
+
+    def _validate_cram_fields(self) -> None:
+        rho = self.cram_rho
+        if isinstance(rho, str):
+            try:
+                rho = float(rho)
+            except ValueError:
+                raise ValueError(f"cram_rho: must be a number >= 0, got {self.cram_rho!r}.") from None
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+            raise ValueError(f"cram_rho: must be a finite number >= 0, got {self.cram_rho!r}.")
+        self.cram_rho = float(rho)
+        sparsities = self.cram_sparsities
+        if sparsities is None:
+            sparsities = []
+        if isinstance(sparsities, (str, int, float)):
+            sparsities = [sparsities]
+        levels = [parse_level(v, "cram_sparsities") for v in sparsities]
+        self.cram_sparsities = [level_name(v) if isinstance(v, tuple) else v for v in levels]
+        if self.cram_scope not in SCOPES:
+            raise ValueError(f"cram_scope: must be one of {SCOPES}, got {self.cram_scope!r}.")
+        if isinstance(self.cram_targets, str):
+            self.cram_targets = [self.cram_targets]
+        self.cram_targets = validate_patterns(self.cram_targets) or None
+        for name in ("cram_plus", "cram_sparse_grad", "cram_grad_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}.")
+
+    def _validate_cram_compatibility(self) -> None:
+        if not self.cram_enabled:
+            return
+        if self.deepspeed:
+            raise ValueError(
+                "deepspeed: CrAMTrainer does not support DeepSpeed (the CrAM step needs the full local gradient "
+                "between its two passes). Use DDP (torchrun) instead."
+            )
+        if self.fsdp:
+            raise ValueError(
+                "fsdp: CrAMTrainer does not support FSDP (sharded parameters and gradients). Use DDP (torchrun)."
+            )
+        optim = str(getattr(self.optim, "value", self.optim))
+        if optim in _FUSED_UPDATE_OPTIMS:
+            raise ValueError(
+                f"optim: {optim!r} updates the weights inside backward(), which leaves no gradient for the CrAM "
+                "update; choose another optimizer (e.g. adamw_torch)."
+            )
+
+    @property
+    def cram_enabled(self) -> bool:
+        return self.cram_rho > 0 or bool(self.cram_sparsities)
+
+    @property
+    def cram_levels(self) -> list:
+        return [parse_level(v, "cram_sparsities") for v in self.cram_sparsities]

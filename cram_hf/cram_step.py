@@ -1,0 +1,209 @@
+"""The CrAM update (Peste et al., ICLR 2023), independent of the Trainer.
+
+One optimizer step, for a batch with clean gradient ``g`` already in ``.grad``::
+
+    θ̃ = θ + ρ·g            (ρ·g/‖g‖ with grad_norm)      every trainable parameter
+    m = mask(|θ̃|, level)   Top-K (global / per layer) or N:M     target weights only
+    θ̂ = m ⊙ θ̃ on targets, θ̃ elsewhere
+    g' = ∇L(θ̂)             second pass, same batch
+    d = m ⊙ g' (sparse_grad) or g';   d += g (CrAM+)
+    θ ← optimizer step with d, from θ (restored bit-exactly)
+
+Use::
+
+    cram = CrAM(model, rho=0.05, levels=[0.5, 0.7, "2:4"])
+    loss(model, batch).backward()                      # g in .grad
+    with cram.compressed_point(cram.level_at(step)):   # .grad -> g (CrAM+) or 0; weights -> θ̂
+        loss(model, batch).backward()                  # .grad += m ⊙ g'
+    optimizer.step()                                   # weights are θ again
+
+Memory: besides the model's own gradient, the step keeps one copy of the weights it changes (to restore
+them exactly) and a bool mask per target matrix while inside the compressed point. The clean gradient is
+not copied: it stays in ``.grad`` (CrAM+) or is dropped before the second pass, which adds into ``.grad``
+through hooks that apply the mask to each incoming gradient, so a DDP reducer that runs after them
+averages the rank's own ``d``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .compression import SCOPES, Level, check_nm_shape, compression_masks, parse_level
+from .targets import Patterns, named_targets, unique_trainable
+
+
+@dataclass
+class PointStats:
+    """What happened at one compressed point (read after the ``with`` block)."""
+
+    level: Optional[Level]
+    finite: bool = True
+    perturbation_norm: float = 0.0
+
+
+class CrAM:
+    """CrAM / CrAM+ around any model whose clean gradient sits in ``.grad``.
+
+    Args:
+        model: the (unwrapped) model; parameters are read once here.
+        rho: perturbation radius ``ρ >= 0``.
+        levels: sparsities in ``[0, 1)`` and/or ``"N:M"`` patterns; one is drawn per optimizer step.
+            Empty: no compression (SAM-like when ``rho > 0``).
+        plus: add the clean gradient ``g`` to the direction (CrAM+).
+        sparse_grad: mask the target gradients of the second pass.
+        scope: ``"global"`` or ``"layer"`` ranking for magnitude levels.
+        targets: ``None`` for the default targets, or regex(es) on parameter names.
+        grad_norm: use ``ρ·g/‖g‖`` (SAM-style) instead of ``ρ·g``.
+        seed: the level drawn at step ``t`` is a function of ``(seed, t)`` only.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rho: float = 0.05,
+        levels: Sequence = (0.5, 0.7, 0.9),
+        plus: bool = True,
+        sparse_grad: bool = True,
+        scope: str = "global",
+        targets: Patterns = None,
+        grad_norm: bool = False,
+        seed: int = 42,
+    ):
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 0):
+            raise ValueError(f"cram_rho: must be a finite number >= 0, got {rho!r}.")
+        if scope not in SCOPES:
+            raise ValueError(f"cram_scope: must be one of {SCOPES}, got {scope!r}.")
+        self.rho = float(rho)
+        self.levels = [parse_level(v, "cram_sparsities") for v in levels]
+        self.plus, self.sparse_grad, self.scope, self.grad_norm = plus, sparse_grad, scope, grad_norm
+        self.seed = int(seed)
+        self.params = unique_trainable(model.parameters())
+        self.targets = named_targets(model, targets) if self.levels else []
+        for name, p in self.targets:
+            for level in self.levels:
+                check_nm_shape(p.shape, level, name)
+        self.timing = False
+        self.seconds: dict = {}
+
+    @property
+    def active(self) -> bool:
+        return self.rho > 0 or bool(self.levels)
+
+    def level_at(self, step: int) -> Optional[Level]:
+        """The level for optimizer step ``step``: the same on every rank and after a resume."""
+        if not self.levels:
+            return None
+        return self.levels[int(np.random.default_rng([self.seed, int(step)]).integers(len(self.levels)))]
+
+    def stash_gradients(self) -> list:
+        """Take the gradient accumulated so far out of ``.grad`` (no copy) so the next backward
+        yields this micro-batch's own clean gradient."""
+        stash = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        return stash
+
+    def _tick(self, key: str, start: float) -> float:
+        now = time.perf_counter()
+        if self.timing:
+            if self.params and self.params[0].is_cuda:
+                torch.cuda.synchronize()
+                now = time.perf_counter()
+            self.seconds[key] = self.seconds.get(key, 0.0) + now - start
+        return now
+
+    @contextlib.contextmanager
+    def compressed_point(
+        self,
+        level: Optional[Level],
+        *,
+        grad_scale: float = 1.0,
+        stash: Optional[list] = None,
+        accumulation: int = 1,
+    ):
+        """Move the weights to θ̂ for the second pass; restore θ on exit.
+
+        On entry ``.grad`` holds the clean gradient ``g`` times ``grad_scale`` (the fp16 loss scale). Inside
+        the block ``.grad`` holds ``stash + g/accumulation`` (CrAM+) or ``stash`` (CrAM), times
+        ``grad_scale``, ready for the second backward to add ``m ⊙ g' / accumulation``.
+
+        If ``g`` is not finite (fp16 overflow), nothing is perturbed or compressed, ``g`` stays in
+        ``.grad`` so the loss scaler skips the step, and the yielded stats have ``finite=False``: the
+        caller should skip the second pass.
+        """
+        stats = PointStats(level)
+        with torch.no_grad():
+            changed, saved, hooks = self._enter(stats, grad_scale, stash, accumulation)
+        try:
+            yield stats
+        finally:
+            with torch.no_grad():
+                start = time.perf_counter()
+                for h in hooks:
+                    h.remove()
+                if changed:
+                    torch._foreach_copy_(changed, saved)
+                self._tick("restore", start)
+
+    def _enter(self, stats: PointStats, grad_scale: float, stash, accumulation: int):
+        start = time.perf_counter()
+        present = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in present]
+        gnorm = 0.0
+        if grads:
+            norms = torch._foreach_norm(grads)
+            gnorm = float(torch.linalg.vector_norm(torch.stack(norms).float())) / grad_scale
+        if not math.isfinite(gnorm):
+            stats.finite = False
+            self._fold_clean_gradient(stash, accumulation, keep=True)
+            return [], [], []
+        step_size = self.rho / grad_scale
+        if self.grad_norm:
+            step_size /= gnorm + 1e-12
+        stats.perturbation_norm = step_size * gnorm * grad_scale
+
+        compress = stats.level is not None and bool(self.targets)
+        target_params = [p for _, p in self.targets] if compress else []
+        perturbed = present if self.rho > 0 else []
+        changed = list({id(p): p for p in perturbed + target_params}.values())
+        saved = [p.detach().clone() for p in changed]
+        if perturbed:
+            torch._foreach_add_(perturbed, grads, alpha=step_size)
+        self._fold_clean_gradient(stash, accumulation, keep=self.plus)
+        start = self._tick("perturb", start)
+
+        hooks = []
+        if target_params:
+            masks = compression_masks(target_params, stats.level, self.scope)
+            start = self._tick("rank", start)
+            for p, m in zip(target_params, masks):
+                p.mul_(m)
+                if self.sparse_grad and p.requires_grad:
+                    hooks.append(p.register_hook(lambda g, m=m: g * m))
+            self._tick("mask", start)
+        return changed, saved, hooks
+
+    def _fold_clean_gradient(self, stash: Optional[list], accumulation: int, keep: bool) -> None:
+        """``.grad <- stash + g/accumulation`` if ``keep`` else ``.grad <- stash`` (in place, no copies)."""
+        if stash is None:
+            stash = [None] * len(self.params)
+        for p, acc in zip(self.params, stash):
+            g = p.grad
+            if keep and g is not None:
+                if accumulation != 1:
+                    g.div_(accumulation)
+                if acc is not None:
+                    acc.add_(g)
+                    g = acc
+                p.grad = g
+            else:
+                p.grad = acc
