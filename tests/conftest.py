@@ -31,3 +31,32 @@ def tiny_bert_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return tiny_bert_config()
+
+
+WORDS = (
+    "the a an of and to in is was it that he she his her had with for as at on by not be but from "
+    "they this which or have all were one we my so there been would their if when what no more said "
+    "cat dog sat mat house good great very much time day man woman love letter sister mother"
+).split()
+
+
+def make_tiny_tokenizer(directory):
+    """A real WordPiece tokenizer over a small vocabulary, saved in ``directory`` and loaded back."""
+    import json
+    import os
+
+    from transformers import AutoTokenizer
+
+    os.makedirs(directory, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+    vocab += [".", ",", "!", "?", ";", "'", '"'] + WORDS + ["##" + chr(c) for c in range(97, 123)]
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64}, f)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    return make_tiny_tokenizer(tmp_path / "tokenizer")
