@@ -141,12 +141,13 @@ def _topk_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
         a = t.detach().abs()
         if a.dtype != torch.float32:
             a = a.float()
-        keep = a > threshold
+        keep = a >= threshold
         if ties_to_prune > 0:
-            # Entries equal to the threshold: prune the first `ties_to_prune` of them, keep the rest.
-            tie_idx = (a.reshape(-1) == threshold).nonzero().squeeze(1)
-            keep.view(-1)[tie_idx[ties_to_prune:]] = True
-            ties_to_prune -= min(ties_to_prune, tie_idx.numel())
+            # Entries equal to the threshold: prune the first `ties_to_prune` of them (in tensor, then
+            # index order), keep the rest.
+            tie_idx = (a.reshape(-1) == threshold).nonzero().squeeze(1)[:ties_to_prune]
+            keep.view(-1)[tie_idx] = False
+            ties_to_prune -= tie_idx.numel()
         masks.append(keep)
     return masks
 

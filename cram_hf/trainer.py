@@ -66,7 +66,8 @@ class CrAMTrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
-        k = self.current_gradient_accumulation_steps
+        # Set by the training loop (smaller for a short last accumulation window).
+        k = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         level = self.cram.level_at(self.state.global_step)
 
         stash = self.cram.stash_gradients()
