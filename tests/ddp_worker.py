@@ -1,0 +1,110 @@
+"""Run under `torchrun --nproc_per_node 2`: CrAMTrainer under DDP (gloo, CPU).
+
+Checks, on every rank: identical weights on both ranks after each step; the weights after step 1 equal
+θ - lr * mean_over_ranks(d_rank) from the independent reference; and the number of gradient all-reduce
+calls per step. Writes a JSON summary to argv[1] (rank 0)."""
+
+import copy
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from transformers import BertForMaskedLM, Trainer, TrainerCallback, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import tiny_bert_config  # noqa: E402
+from reference_cram import reference_direction  # noqa: E402
+
+from cram_hf import CrAMConfig, CrAMTrainer  # noqa: E402
+
+LR = 0.5
+
+
+class CountAllReduce(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer, self.calls, self.weights_equal = trainer, 0, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.model_wrapped.register_comm_hook(self, self.hook)
+
+    @staticmethod
+    def hook(state, bucket):
+        state.calls += 1
+        return default_hooks.allreduce_hook(None, bucket)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, flat)
+        self.weights_equal.append(all(torch.equal(gathered[0], g) for g in gathered))
+
+
+def recording(cls):
+    class Recording(cls):
+        seen = []
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.seen.append({k: v.detach().clone() for k, v in inputs.items()})
+            return super().training_step(model, inputs, num_items_in_batch)
+    return Recording
+
+
+def run(cls, args_cls, steps, **extra):
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_bert_config())
+    initial = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    data = [{"input_ids": torch.randint(5, 64, (10,), generator=gen),
+             "labels": torch.randint(5, 64, (10,), generator=gen)} for _ in range(32)]
+    args = args_cls(output_dir="/tmp/ddp-cram-test", max_steps=steps, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=2, learning_rate=LR, optim="sgd", lr_scheduler_type="constant",
+                    max_grad_norm=0.0, report_to=[], save_strategy="no", seed=5, use_cpu=True,
+                    ddp_backend="gloo", dataloader_drop_last=True, logging_steps=1, **extra)
+    trainer = recording(cls)(model=model, args=args, train_dataset=data)
+    trainer.model_accepts_loss_kwargs = False
+    counter = CountAllReduce(trainer)
+    trainer.add_callback(counter)
+    trainer.train()
+    return trainer, initial, counter
+
+
+def main():
+    out = sys.argv[1]
+    trainer, initial, counter = run(CrAMTrainer, CrAMConfig, 1, cram_rho=0.2, cram_sparsities=["0.7", "2:4"])
+    level = trainer.cram.level_at(0)
+    level = f"{level[0]}:{level[1]}" if isinstance(level, tuple) else level
+    # Every rank computes the reference direction of its own micro-batches; the mean over ranks and
+    # micro-batches is what DDP + accumulation must apply.
+    local = [reference_direction(initial, batch, rho=0.2, level=level)[0] for batch in trainer.seen]
+    names = list(local[0])
+    mean_local = torch.cat([(sum(d[n] for d in local) / len(local)).flatten() for n in names])
+    dist.all_reduce(mean_local)
+    mean_local /= dist.get_world_size()
+    expected = torch.cat([p.detach().flatten() for _, p in initial.named_parameters()]) - LR * mean_local
+    got = torch.cat([dict(trainer.model.named_parameters())[n].detach().flatten() for n in names])
+    max_err = float((got - expected).abs().max())
+    mine = trainer.seen[0]["input_ids"]
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    different_batches = not torch.equal(gathered[0], gathered[1])
+
+    cram3, _, cram_counter = run(CrAMTrainer, CrAMConfig, 3, cram_rho=0.2, cram_sparsities=["0.5", "0.8"])
+    stock3, _, stock_counter = run(Trainer, TrainingArguments, 3)
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump({
+                "max_err": max_err,
+                "weights_equal": counter.weights_equal + cram_counter.weights_equal,
+                "ranks_saw_different_batches": different_batches,
+                "allreduce_calls_cram": cram_counter.calls,
+                "allreduce_calls_stock": stock_counter.calls,
+                "world_size": dist.get_world_size(),
+            }, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
