@@ -1,0 +1,174 @@
+"""One-shot pruning of a model's target weights, and the sparsity figures of any model.
+
+``prune`` zeroes target weights in place with magnitude Top-K (ranked over all targets together or per
+matrix) or an N:M pattern, using the operators of :mod:`cram_hf.compression`; every other parameter and
+every kept weight stays bit-for-bit what it was. ``sparsity_report`` reads the same figures off a model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
+from .targets import Patterns, target_names, validate_patterns
+
+
+@dataclass
+class SparsityReport:
+    """What was pruned and how sparse the model is.
+
+    ``per_matrix`` maps each target name to ``{"shape", "zeros", "sparsity"}``. Sparsity counts entries
+    equal to zero; model figures count every parameter once (tied weights once).
+    """
+
+    method: str  # "magnitude", "n:m" or "measured" (read off a model, how it was pruned unknown)
+    level: Optional[str]  # "0.7", "2:4"; None when measured
+    scope: Optional[str]  # "global" / "layer" for magnitude; None for N:M and measured
+    target_patterns: Optional[list[str]]  # the regexes given; None = default rule
+    targets: list[str]
+    per_matrix: dict[str, dict]
+    target_zeros: int
+    target_numel: int
+    model_zeros: int
+    model_numel: int
+    num_pruned: int = 0  # entries the mask removed (round(s*n) for magnitude); 0 when measured
+    seconds: dict = field(default_factory=dict)  # time spent per phase of prune()
+
+    @property
+    def target_sparsity(self) -> float:
+        return self.target_zeros / max(self.target_numel, 1)
+
+    @property
+    def model_sparsity(self) -> float:
+        return self.model_zeros / max(self.model_numel, 1)
+
+    @property
+    def pattern(self) -> Optional[str]:
+        return self.level if self.method == "n:m" else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_sparsity"] = self.target_sparsity
+        d["model_sparsity"] = self.model_sparsity
+        return d
+
+    def summary(self) -> str:
+        how = {"magnitude": f"magnitude {self.level} ({self.scope})", "n:m": f"{self.level} pattern",
+               "measured": "measured"}[self.method]
+        return (
+            f"{how}: {len(self.targets)} target matrices, {self.target_zeros:,}/{self.target_numel:,} zero "
+            f"({100 * self.target_sparsity:.2f} %); whole model {100 * self.model_sparsity:.2f} % zero"
+            f" ({self.model_zeros:,}/{self.model_numel:,})"
+        )
+
+
+def _unique_parameters(model: nn.Module) -> list[torch.Tensor]:
+    # named_parameters() already skips tied duplicates (same Parameter object).
+    return [p for _, p in model.named_parameters()]
+
+
+def _zeros(t: torch.Tensor) -> int:
+    return int((t.detach() == 0).sum())
+
+
+def _measure(model: nn.Module, names: Sequence[str]) -> tuple[dict, int, int, int, int]:
+    params = dict(model.named_parameters())
+    per_matrix = {}
+    for n in names:
+        p = params[n]
+        z = _zeros(p)
+        per_matrix[n] = {"shape": list(p.shape), "zeros": z, "sparsity": z / max(p.numel(), 1)}
+    target_zeros = sum(v["zeros"] for v in per_matrix.values())
+    target_numel = sum(params[n].numel() for n in names)
+    model_params = _unique_parameters(model)
+    model_zeros = sum(_zeros(p) for p in model_params)
+    model_numel = sum(p.numel() for p in model_params)
+    return per_matrix, target_zeros, target_numel, model_zeros, model_numel
+
+
+def sparsity_report_for(model: nn.Module, names: Sequence[str], **fields) -> SparsityReport:
+    """Sparsity figures of ``model`` over the exact parameter ``names`` (no regex matching)."""
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"targets: the model has no parameter named {missing[0]!r}.")
+    per_matrix, tz, tn, mz, mn = _measure(model, names)
+    fields.setdefault("method", "measured")
+    fields.setdefault("level", None)
+    fields.setdefault("scope", None)
+    fields.setdefault("target_patterns", None)
+    return SparsityReport(targets=list(names), per_matrix=per_matrix, target_zeros=tz, target_numel=tn,
+                          model_zeros=mz, model_numel=mn, **fields)
+
+
+def sparsity_report(model: nn.Module, targets: Patterns = None) -> SparsityReport:
+    """Per-matrix and overall sparsity of the targets (default rule or regexes) and of the whole model."""
+    patterns = validate_patterns(targets, "targets") or None
+    names = target_names(model, patterns, name="targets")
+    return sparsity_report_for(model, names, target_patterns=patterns)
+
+
+def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets: Patterns = None):
+    """Check every argument against the model without touching it; return ``(level, target names)``."""
+    level = parse_level(sparsity, "sparsity")
+    if scope not in SCOPES:
+        raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}.")
+    names = target_names(model, targets, name="targets")
+    params = dict(model.named_parameters())
+    for n in names:
+        check_nm_shape(params[n].shape, level, n)
+    return level, names
+
+
+@torch.no_grad()
+def prune(model: nn.Module, sparsity, *, scope: str = "global", targets: Patterns = None) -> SparsityReport:
+    """Prune ``model`` in place, one shot, and return a :class:`SparsityReport`.
+
+    ``sparsity``: a float in ``[0, 1)`` (magnitude: zero exactly ``round(s*n)`` smallest ``|w|``, ranked over
+    all targets together with ``scope="global"`` or per matrix with ``"layer"``) or ``"N:M"`` (keep the
+    ``N`` largest of every ``M`` consecutive inputs of each ``weight[out, in]``). ``targets``: ``None`` for
+    the default rule (Linear weights of the transformer layers) or regexes on parameter names.
+
+    Every argument is validated before any weight changes; kept weights and non-targets are untouched.
+    """
+    t0 = time.perf_counter()
+    level, names = validate_pruning(model, sparsity, scope, targets)
+    patterns = validate_patterns(targets, "targets") or None
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in names]
+    t1 = time.perf_counter()
+    masks = compression_masks(tensors, level, scope)
+    t2 = time.perf_counter()
+    num_pruned = 0
+    for p, keep in zip(tensors, masks):
+        drop = ~keep
+        num_pruned += int(drop.sum())
+        # masked_fill writes exact +0.0 where pruned and leaves kept entries bit-identical.
+        p.data.masked_fill_(drop, 0)
+    t3 = time.perf_counter()
+    is_nm = isinstance(level, tuple)
+    report = sparsity_report_for(
+        model, names, method="n:m" if is_nm else "magnitude", level=level_name(level),
+        scope=None if is_nm else scope, target_patterns=patterns, num_pruned=num_pruned,
+    )
+    report.seconds = {"validate": t1 - t0, "masks": t2 - t1, "apply": t3 - t2,
+                      "total": time.perf_counter() - t0}
+    return report
+
+
+def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of ``m`` consecutive inputs of ``weight[out, in]`` has at most ``n`` nonzeros."""
+    if weight.dim() != 2 or weight.shape[1] % m:
+        return False
+    nonzero = (weight.detach() != 0).reshape(-1, m).sum(1)
+    return bool((nonzero <= n).all())
+
+
+def requested_sparsity(level) -> float:
+    """Nominal sparsity of a level (``0.7`` -> 0.7, ``"2:4"`` -> 0.5)."""
+    return level_sparsity(parse_level(level))
