@@ -1,0 +1,348 @@
+"""Sparse checkpoints: ordinary Hugging Face folders with exact zeros, plus ``sparsity_config.json``.
+
+Two storages, both described by ``sparsity_config.json``:
+
+- **dense** (default): ``config.json`` + ``model.safetensors`` as ``save_pretrained`` writes them, with
+  the pruned entries stored as exact zeros. Plain ``AutoModel*.from_pretrained`` reads it; so does
+  :func:`load_sparse`, which also checks the mask against the config.
+- **compact** (``compact=True``): ``config.json`` + ``sparse_weights.safetensors`` in which every target
+  matrix is stored as its nonzero values plus a packed bit mask (1 bit per entry, ``numpy.packbits``) and
+  every other tensor densely. There is deliberately *no* ``model.safetensors``: plain ``from_pretrained``
+  fails loudly ("no file named model.safetensors") instead of silently initialising random target weights.
+  Only :func:`load_sparse` reads it, and it rebuilds the bit-identical model. At sparsity ``s`` a target
+  matrix costs ``(1 - s) + 1/32`` of its float32 size.
+
+Everything is written into a temporary folder next to ``out_dir`` and moved into place at the end, so an
+interrupted save never leaves a half-written checkpoint under ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .compression import level_sparsity, parse_level
+from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
+
+SPARSITY_CONFIG = "sparsity_config.json"
+COMPACT_WEIGHTS = "sparse_weights.safetensors"
+COMPACT_FORMAT = "cram_hf.compact/1"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", COMPACT_WEIGHTS)
+_VALUES, _MASK = ".__values__", ".__mask__"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+def check_output_dir(out_dir, overwrite: bool = False, flag: str = "overwrite=True") -> None:
+    """Refuse an existing non-empty ``out_dir`` (or a file in its place) unless ``overwrite``."""
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"output_dir: {out_dir!r} exists and is not a directory.")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(
+            f"output_dir: {out_dir!r} already exists and is not empty; pass {flag} to replace it."
+        )
+
+
+def check_model_source(path: str) -> None:
+    """A local model folder must hold a config and weights; a non-existing path that looks like a file
+    path (not a Hub id) is an error. Hub ids pass through (``from_pretrained`` resolves them)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"model: {path!r} has no config.json; is it a Hugging Face model folder?")
+        if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"model: {path!r} has a config.json but no weights (looked for {', '.join(WEIGHT_FILES)})."
+            )
+        return
+    if os.path.exists(path):
+        raise FileNotFoundError(f"model: {path!r} is a file; give the model folder or a Hub id.")
+    if not _HUB_ID.match(path) or ".." in path:
+        raise FileNotFoundError(f"model: no such directory {path!r} (and it is not a Hub id like 'org/name').")
+
+
+def is_compact(path) -> bool:
+    return os.path.isfile(os.path.join(os.fspath(path), COMPACT_WEIGHTS))
+
+
+def read_sparsity_config(path) -> dict:
+    file = os.path.join(os.fspath(path), SPARSITY_CONFIG)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{os.fspath(path)!r} has no {SPARSITY_CONFIG}; it is not a cram_hf sparse checkpoint.")
+    with open(file) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+def sparsity_config(report: SparsityReport, *, base_model: Optional[str] = None, storage: str = "dense") -> dict:
+    """The content of ``sparsity_config.json`` for a report measured on the model being saved."""
+    from . import __version__
+
+    level = report.level
+    return {
+        "format_version": 1,
+        "library": "cram_hf",
+        "library_version": __version__,
+        "method": report.method,
+        "level": level,
+        "pattern": report.pattern,
+        "sparsity": level_sparsity(parse_level(level)) if level is not None else None,
+        "scope": report.scope,
+        # A flat list of parameter names: KeepSparsityCallback.from_checkpoint reads it as such.
+        "targets": list(report.targets),
+        "target_rule": "default" if report.target_patterns is None else "regex",
+        "target_patterns": report.target_patterns,
+        "achieved": {
+            "target_sparsity": report.target_sparsity,
+            "model_sparsity": report.model_sparsity,
+            "target_zeros": report.target_zeros,
+            "target_numel": report.target_numel,
+            "model_zeros": report.model_zeros,
+            "model_numel": report.model_numel,
+            "num_pruned": report.num_pruned,
+            "per_matrix": report.per_matrix,
+        },
+        "base_model": base_model,
+        "base_model_is_local": bool(base_model) and os.path.isdir(os.path.expanduser(base_model)),
+        "storage": storage,
+        "weights_file": COMPACT_WEIGHTS if storage == "compact" else "model.safetensors",
+        "loads_with_from_pretrained": storage == "dense",
+    }
+
+
+def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
+    # Keep every entry whose bit pattern is not +0.0 (so a -0.0 survives the round trip exactly).
+    return t.detach().contiguous().view(_INT_VIEW[t.element_size()]) != 0
+
+
+def compact_state_dict(model: nn.Module, target_names) -> tuple[dict, dict]:
+    """Tensors and metadata of the compact form: targets as values + packed mask, the rest dense.
+
+    Tied tensors (same storage) are stored once; the others are listed as aliases.
+    """
+    targets = set(target_names)
+    tensors, aliases, shapes, seen = {}, {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        t = t.detach().cpu().contiguous()
+        if name in targets:
+            keep = _nonzero_bits(t)
+            tensors[name + _VALUES] = t[keep].contiguous()
+            tensors[name + _MASK] = torch.from_numpy(np.packbits(keep.reshape(-1).numpy()))
+            shapes[name] = list(t.shape)
+        else:
+            tensors[name] = t
+    missing = targets - set(shapes)
+    if missing:
+        raise ValueError(f"targets: {sorted(missing)[0]!r} is not in the model's state dict.")
+    metadata = {"format": COMPACT_FORMAT, "targets": json.dumps(shapes), "aliases": json.dumps(aliases)}
+    return tensors, metadata
+
+
+def _write_checkpoint(model, tmp, tokenizer, config, compact: bool) -> None:
+    from safetensors.torch import save_file
+
+    if compact:
+        # save_pretrained records the class in `architectures`; do the same so load_sparse can rebuild it.
+        model_config = copy.deepcopy(model.config)
+        model_config.architectures = [type(model).__name__]
+        model_config.save_pretrained(tmp)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None and getattr(model, "can_generate", lambda: False)():
+            generation_config.save_pretrained(tmp)
+        tensors, metadata = compact_state_dict(model, config["targets"])
+        save_file(tensors, os.path.join(tmp, COMPACT_WEIGHTS), metadata=metadata)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, SPARSITY_CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
+def _chmod_like_makedirs(path: str) -> None:
+    # mkdtemp creates 0700; the final folder should get the permissions os.makedirs would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _move_into_place(tmp: str, out_dir: str) -> None:
+    """Replace ``out_dir`` by ``tmp`` with renames only (same parent, hence same filesystem)."""
+    old = None
+    if os.path.lexists(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sparse(model: nn.Module, out_dir, tokenizer=None, report: Optional[SparsityReport] = None, *,
+                overwrite: bool = False, compact: bool = False, base_model: Optional[str] = None) -> dict:
+    """Write a sparse checkpoint of ``model`` to ``out_dir`` and return its ``sparsity_config.json`` content.
+
+    ``report`` (from :func:`cram_hf.prune`) says how the model was pruned; its figures are re-measured on
+    the model as saved. Without it the default targets are measured and the method is ``"measured"``.
+    ``compact=True`` writes the compact storage (see the module docstring) instead of ``model.safetensors``.
+    """
+    out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+    check_output_dir(out_dir, overwrite)
+    if report is None:
+        measured = sparsity_report(model)
+    else:
+        measured = sparsity_report_for(
+            model, report.targets, method=report.method, level=report.level, scope=report.scope,
+            target_patterns=report.target_patterns, num_pruned=report.num_pruned,
+        )
+    config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        _chmod_like_makedirs(tmp)
+        _write_checkpoint(model, tmp, tokenizer, config, compact)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+def model_class_for(config, default=None):
+    """The transformers class named in ``config.architectures`` (falls back to ``default`` / AutoModel)."""
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return default or transformers.AutoModel
+
+
+def load_pretrained(path: str, model_class=None, **kwargs):
+    """Load a model from a folder or Hub id: compact sparse checkpoints through :func:`load_sparse`,
+    anything else with ``from_pretrained`` of ``model_class`` (default: the class in ``architectures``)."""
+    if os.path.isdir(path) and is_compact(path):
+        return load_sparse(path, model_class)
+    if model_class is None:
+        from transformers import AutoConfig
+
+        model_class = model_class_for(AutoConfig.from_pretrained(path))
+    return model_class.from_pretrained(path, **kwargs)
+
+
+def _rebuild_compact(path: str, model_class) -> nn.Module:
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    file = os.path.join(path, COMPACT_WEIGHTS)
+    with safe_open(file, framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != COMPACT_FORMAT:
+            raise ValueError(f"{file}: not a {COMPACT_FORMAT} file (format={metadata.get('format')!r}).")
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    shapes = json.loads(metadata["targets"])
+    aliases = json.loads(metadata["aliases"])
+    state = {k: v for k, v in stored.items() if not k.endswith((_VALUES, _MASK))}
+    for name, shape in shapes.items():
+        values, packed = stored[name + _VALUES], stored[name + _MASK]
+        numel = int(np.prod(shape)) if shape else 1
+        keep = torch.from_numpy(np.unpackbits(packed.numpy(), count=numel).astype(bool))
+        if int(keep.sum()) != values.numel():
+            raise ValueError(f"{file}: {name}: the mask keeps {int(keep.sum())} entries but "
+                             f"{values.numel()} values are stored; the file is corrupt.")
+        dense = torch.zeros(numel, dtype=values.dtype)
+        dense[keep] = values
+        state[name] = dense.view(shape)
+
+    config = AutoConfig.from_pretrained(path)
+    model_class = model_class or model_class_for(config)
+    # Concrete classes build from a config with _from_config (from_config exists on the Auto classes only).
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    model = build(config)
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{file}: tensors {unexpected[:3]} do not belong to {model_class.__name__}.")
+    not_tied = [k for k in missing if k not in aliases]
+    if not_tied:
+        raise ValueError(f"{file}: {model_class.__name__} expects {not_tied[:3]}, which the file lacks.")
+    model.tie_weights()
+    full = model.state_dict()
+    for alias, source in aliases.items():
+        if alias in full and not torch.equal(full[alias], full[source]):
+            raise ValueError(f"{file}: {alias} should be tied to {source} but the model does not tie them.")
+    model.eval()
+    return model
+
+
+def verify_sparsity(model: nn.Module, config: dict, where: str = "") -> None:
+    """Raise ``ValueError`` unless the model's zeros match ``sparsity_config.json`` exactly (per matrix) and
+    every target satisfies the N:M pattern the config names."""
+    names = config["targets"]
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"{where}{SPARSITY_CONFIG} names target {missing[0]!r}, which the model does not have.")
+    measured = sparsity_report_for(model, names)
+    expected = config["achieved"]["per_matrix"]
+    for n in names:
+        if measured.per_matrix[n]["zeros"] != expected[n]["zeros"]:
+            raise ValueError(
+                f"{where}{n} has {measured.per_matrix[n]['zeros']} zeros but {SPARSITY_CONFIG} records "
+                f"{expected[n]['zeros']}: the weights do not match the mask the checkpoint was saved with."
+            )
+    if config.get("pattern"):
+        n_keep, m = parse_level(config["pattern"], "pattern")
+        for n in names:
+            if not satisfies_nm(params[n], n_keep, m):
+                raise ValueError(f"{where}{n} violates the {config['pattern']} pattern recorded in {SPARSITY_CONFIG}.")
+
+
+def load_sparse(path, model_class=None, **kwargs) -> nn.Module:
+    """Load a sparse checkpoint (dense or compact storage) and verify its mask against ``sparsity_config.json``.
+
+    ``model_class`` defaults to the class in ``config.architectures``. Returns the model in eval mode.
+    """
+    path = os.fspath(path)
+    config = read_sparsity_config(path)
+    if is_compact(path):
+        model = _rebuild_compact(path, model_class)
+    else:
+        if model_class is None:
+            from transformers import AutoConfig
+
+            model_class = model_class_for(AutoConfig.from_pretrained(path))
+        model = model_class.from_pretrained(path, **kwargs)
+    verify_sparsity(model, config, where=f"{path}: ")
+    return model
