@@ -1,0 +1,95 @@
+"""fp16 (loss scaling) and bf16 paths of CrAMTrainer on CPU.
+
+Accelerate creates no GradScaler on CPU, so the fp16 tests install torch's CPU GradScaler on the
+trainer's accelerator before training: the optimizer wrapper, clipping (unscale_) and step skipping are
+then the same code paths a GPU run takes. What only a GPU can show — fp16 autocast kernels and real
+overflows in half precision — runs in test_gpu.py when CUDA is present."""
+
+import pytest
+import torch
+from transformers import BertForMaskedLM
+
+from cram_hf import CrAMConfig, CrAMTrainer
+
+
+def learnable_data(n=32, seq=12):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 64, (4, seq), generator=gen)
+    return [{"input_ids": ids[i % 4], "labels": ids[i % 4]} for i in range(n)]
+
+
+def args(tmp_path, steps, **kw):
+    return CrAMConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, logging_steps=1,
+                      report_to=[], use_cpu=True, save_strategy="no", learning_rate=3e-3, seed=0,
+                      cram_sparsities=["0.5", "0.7"], **kw)
+
+
+def install_cpu_scaler(trainer, **kwargs):
+    """What Accelerate sets up for fp16 on a GPU: a GradScaler, and native AMP so that the Trainer's
+    clipping unscales the gradients first."""
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", **kwargs)
+    trainer.accelerator.native_amp = True
+    return trainer.accelerator.scaler
+
+
+class Overflow(CrAMTrainer):
+    """Makes the clean pass of optimizer step `at` overflow."""
+
+    at = 2
+
+    def compute_loss(self, model, inputs, *a, **kw):
+        loss = super().compute_loss(model, inputs, *a, **kw)
+        if self.state.global_step == self.at and not getattr(self, "_second", False):
+            loss = loss * float("inf")
+        self._second = not getattr(self, "_second", False)
+        return loss
+
+
+def test_fp16_overflow_skips_the_step_like_the_stock_scaler(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_config)
+    trainer = Overflow(model=model, args=args(tmp_path, 5, fp16=True), train_dataset=learnable_data())
+    scaler = install_cpu_scaler(trainer, init_scale=2.0**12)
+    snapshots, scales = {}, {}
+
+    from transformers import TrainerCallback
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            snapshots[state.global_step] = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+            scales[state.global_step] = scaler.get_scale()
+
+    trainer.add_callback(Watch())
+    trainer.train()
+    # Step index 2 (the third step) overflowed: weights unchanged, scale halved, training went on.
+    assert torch.equal(snapshots[2], snapshots[3])
+    assert scales[3] == scales[2] / 2
+    assert not torch.equal(snapshots[3], snapshots[4]) and torch.isfinite(snapshots[5]).all()
+    skipped = [h.get("cram_skipped_steps", 0) for h in trainer.state.log_history if "loss" in h]
+    assert skipped == [0, 0, 1, 0, 0]
+
+
+def test_fp16_perturbation_uses_the_unscaled_gradient(tmp_path, tiny_config):
+    norms = []
+    for scale in (1.0, 2.0**14):
+        torch.manual_seed(0)
+        trainer = CrAMTrainer(model=BertForMaskedLM(tiny_config), args=args(tmp_path, 3, fp16=True),
+                              train_dataset=learnable_data())
+        install_cpu_scaler(trainer, init_scale=scale, growth_interval=1000)
+        trainer.train()
+        norms.append([h["cram_perturbation_norm"] for h in trainer.state.log_history if "loss" in h])
+    # Not using S would be off by a factor 16384; what remains is fp16 round-off (small gradients
+    # underflow at S = 1, which is why fp16 scales at all).
+    assert norms[0] == pytest.approx(norms[1], rel=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_reduces_the_loss(tmp_path, tiny_config, precision):
+    torch.manual_seed(0)
+    trainer = CrAMTrainer(model=BertForMaskedLM(tiny_config), args=args(tmp_path, 30, **{precision: True}),
+                          train_dataset=learnable_data(120))
+    if precision == "fp16":
+        install_cpu_scaler(trainer, init_scale=2.0**10)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
