@@ -1,0 +1,382 @@
+"""Sparsity sweep: prune a fresh copy of each model at each level, evaluate it, tabulate and plot.
+
+The use case is a pruning curve — metric against sparsity — of a CrAM-trained model next to a normally
+trained one. Magnitude levels form a line per model; N:M patterns (2:4, 4:8) are drawn as separate,
+labelled markers at their sparsity, since they are a different kind of compression.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .compression import Level, level_name, level_sparsity, parse_level
+from .pruning import prune
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("mlm", "classification")
+METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": False}
+DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
+TEXT_EXTENSIONS = (".txt", ".text", ".raw")
+TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+
+
+# ------------------------------------------------------------------------------------------- arguments
+
+def parse_levels(values: Sequence, name: str = "--sparsities") -> list[Level]:
+    """Parse and de-duplicate levels, keeping the given order."""
+    if not values:
+        raise ValueError(f"{name}: give at least one level, e.g. 0 0.5 0.7 0.9 2:4.")
+    levels = []
+    for v in values:
+        level = parse_level(v, name)
+        if level not in levels:
+            levels.append(level)
+    return levels
+
+
+def _extension(path: str) -> str:
+    base = path[:-3] if path.endswith(".gz") else path
+    return os.path.splitext(base)[1].lower()
+
+
+def check_validation_file(path: str, task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"--task: must be one of {TASKS}, got {task!r}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--validation_file: no such file {path!r}.")
+    ext = _extension(path)
+    allowed = TEXT_EXTENSIONS + TABLE_EXTENSIONS if task == "mlm" else TABLE_EXTENSIONS
+    if ext not in allowed:
+        raise ValueError(f"--validation_file: {task} needs a {'/'.join(allowed)} file, got {path!r}.")
+
+
+def check_metric(metric: Optional[str], task: str) -> str:
+    metric = metric or "accuracy"
+    if metric not in METRICS[task]:
+        raise ValueError(f"--metric: {task} reports {METRICS[task]}, got {metric!r}.")
+    return metric
+
+
+def _load_raw(path: str):
+    from datasets import load_dataset
+
+    ext = _extension(path)
+    builder = "text" if ext in TEXT_EXTENSIONS else ("csv" if ext == ".csv" else "json")
+    return load_dataset(builder, data_files=path, split="train")
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def _pick_column(columns, wanted: Optional[str], candidates: Sequence[str], what: str) -> Optional[str]:
+    if wanted:
+        if wanted not in columns:
+            raise ValueError(f"--{what}_column: {wanted!r} is not a column of the data (columns: {columns}).")
+        return wanted
+    return next((c for c in candidates if c in columns), None)
+
+
+def label_ids(labels: list, config) -> list[int]:
+    """Labels as class ids: integers as they are; strings through the model's ``label2id`` when it names
+    them all, else by sorted order (as transformers' ``run_glue.py`` does)."""
+    if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in labels):
+        ids = [int(x) for x in labels]
+    else:
+        names = [str(x) for x in labels]
+        label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+        if not set(names) <= set(label2id):
+            label2id = {name: i for i, name in enumerate(sorted(set(names)))}
+            logger.warning("labels: the model's label2id does not name %s; using sorted order %s.",
+                           sorted(set(names) - set(config.label2id or {}))[:5], label2id)
+        ids = [label2id[x] for x in names]
+    num_labels = int(getattr(config, "num_labels", 0) or 0)
+    bad = [i for i in ids if not 0 <= i < num_labels]
+    if bad:
+        raise ValueError(f"labels: id {bad[0]} is outside the model's {num_labels} classes.")
+    return ids
+
+
+class ClassificationEval:
+    """Accuracy, macro-F1 and mean cross-entropy of a sequence-classification model on a csv/json file."""
+
+    def __init__(self, path: str, tokenizer, config, *, max_seq_length: int = 128, batch_size: int = 32,
+                 max_eval_samples: Optional[int] = None, text_column: Optional[str] = None,
+                 text_pair_column: Optional[str] = None, label_column: str = "label"):
+        raw = _load_raw(path)
+        if max_eval_samples is not None:
+            raw = raw.select(range(min(max_eval_samples, len(raw))))
+        columns = raw.column_names
+        text = _pick_column(columns, text_column, ("text", "sentence", "sentence1", "question"), "text")
+        if text is None:
+            raise ValueError(f"--text_column: no 'text' or 'sentence' column in {path} (columns: {columns}).")
+        pair = _pick_column(columns, text_pair_column,
+                            ("sentence2",) if text == "sentence1" else (), "text_pair")
+        if label_column not in columns:
+            raise ValueError(f"--label_column: {label_column!r} is not a column of {path} (columns: {columns}).")
+        if len(raw) == 0:
+            raise ValueError(f"--validation_file: {path} has no rows.")
+        self.labels = torch.tensor(label_ids(raw[label_column], config))
+        texts, pairs = raw[text], raw[pair] if pair else None
+        # Tokenize once; every level and every copy of the model reuses the batches.
+        self.batches = []
+        for start in range(0, len(texts), batch_size):
+            stop = start + batch_size
+            enc = tokenizer(texts[start:stop], pairs[start:stop] if pairs else None, padding=True,
+                            truncation=True, max_length=max_seq_length, return_tensors="pt")
+            self.batches.append((dict(enc), self.labels[start:stop]))
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        from sklearn.metrics import f1_score
+
+        model.eval()
+        device = next(model.parameters()).device
+        preds, loss_sum = [], 0.0
+        for enc, labels in self.batches:
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels.to(device), reduction="sum"))
+            preds.append(logits.argmax(-1).cpu())
+        pred = torch.cat(preds).numpy()
+        gold = self.labels.numpy()
+        return {"accuracy": float((pred == gold).mean()), "f1": float(f1_score(gold, pred, average="macro")),
+                "loss": loss_sum / len(gold), "samples": int(len(gold))}
+
+
+class MLMEval:
+    """Masked-LM loss, perplexity and accuracy on a text file, with the same masks for every model/level."""
+
+    def __init__(self, path: str, tokenizer, *, max_seq_length: int = 128, batch_size: int = 32,
+                 max_eval_samples: Optional[int] = None, line_by_line: bool = False,
+                 mlm_probability: float = 0.15, seed: int = 0, text_column: Optional[str] = None):
+        from .mlm import ReproducibleMLMCollator, tokenize_for_mlm
+
+        self.dataset = tokenize_for_mlm(_load_raw(path), tokenizer, max_seq_length=max_seq_length,
+                                        line_by_line=line_by_line, text_column=text_column)
+        if max_eval_samples is not None:
+            self.dataset = self.dataset.select(range(min(max_eval_samples, len(self.dataset))))
+        if len(self.dataset) == 0:
+            raise ValueError(f"--validation_file: {path} yields no block of {max_seq_length} tokens; "
+                             "use --line_by_line or a smaller --max_seq_length.")
+        self.collator = ReproducibleMLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
+        self.batch_size = batch_size
+
+    def __call__(self, model) -> dict:
+        from .mlm import evaluate_mlm
+
+        result = evaluate_mlm(model, self.dataset, self.collator, batch_size=self.batch_size)
+        result["samples"] = len(self.dataset)
+        return result
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+def model_label(path: str) -> str:
+    return os.path.basename(os.path.normpath(path)) or path
+
+
+def _unique_labels(paths: Sequence[str], names: Optional[Sequence[str]]) -> list[str]:
+    if names:
+        if len(names) != len(paths):
+            raise ValueError(f"--model_names: {len(names)} names for {len(paths)} models.")
+        return list(names)
+    labels = [model_label(p) for p in paths]
+    return [p if labels.count(l) > 1 else l for p, l in zip(paths, labels)]
+
+
+def sweep_model(model, levels: Sequence[Level], evaluate: Callable, *, scope: str = "global", targets=None,
+                label: str = "model", on_row: Optional[Callable] = None, bar=None) -> list[dict]:
+    """Prune a deep copy of ``model`` at each level and evaluate it; ``model`` itself is not modified."""
+    rows = []
+    for level in levels:
+        pruned = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        report = prune(pruned, level, scope=scope, targets=targets)
+        t1 = time.perf_counter()
+        metrics = evaluate(pruned)
+        t2 = time.perf_counter()
+        del pruned
+        is_nm = isinstance(level, tuple)
+        row = {"model": label, "level": level_name(level), "pattern": level_name(level) if is_nm else None,
+               "sparsity": level_sparsity(level), "achieved_sparsity": report.target_sparsity,
+               "model_sparsity": report.model_sparsity, **metrics,
+               "prune_seconds": t1 - t0, "eval_seconds": t2 - t1}
+        rows.append(row)
+        if on_row:
+            on_row(row)
+        if bar is not None:
+            bar.update(1)
+    return rows
+
+
+def _load_model(path: str, task: str):
+    """The model for ``task``; weights the checkpoint lacks (an untrained head) are reported, not hidden."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from .checkpoint import is_compact, load_sparse
+
+    cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
+    if os.path.isdir(path) and is_compact(path):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+        concrete = cls._model_mapping[type(config)]
+        return load_sparse(path, concrete), []
+    model, info = cls.from_pretrained(path, output_loading_info=True)
+    return model, sorted(info.get("missing_keys") or [])
+
+
+def run_sweep(models: Sequence[str], levels: Sequence, *, task: str, validation_file: str,
+              output_dir: Optional[str] = None, scope: str = "global", targets=None,
+              max_eval_samples: Optional[int] = None, max_seq_length: int = 128, batch_size: int = 32,
+              metric: Optional[str] = None, model_names: Optional[Sequence[str]] = None,
+              line_by_line: bool = False, text_column: Optional[str] = None,
+              text_pair_column: Optional[str] = None, label_column: str = "label",
+              mlm_probability: float = 0.15, seed: int = 0, progress: bool = True,
+              print_fn: Callable = print) -> dict:
+    """Sweep every model over every level; write ``sweep.json``, ``sweep.csv`` and ``sweep.png`` to
+    ``output_dir`` (if given) and return the sweep record."""
+    from transformers import AutoTokenizer
+
+    levels = parse_levels(levels)
+    metric = check_metric(metric, task)
+    check_validation_file(validation_file, task)
+    labels = _unique_labels(models, model_names)
+    metrics = METRICS[task]
+    record = {"task": task, "metric": metric, "validation_file": os.path.abspath(validation_file),
+              "levels": [level_name(l) for l in levels], "scope": scope, "targets": targets,
+              "max_eval_samples": max_eval_samples, "max_seq_length": max_seq_length,
+              "models": [], "results": [], "warnings": []}
+    header = table_header(metrics)
+    bar = tqdm(total=len(models) * len(levels), desc="sweep", disable=not progress, unit="level")
+    write = bar.write if progress else print_fn
+    write(header)
+    import datasets
+
+    # datasets' own bars (loading, tokenizing) would break the table into pieces.
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for path, label in zip(models, labels):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model, missing = _load_model(path, task)
+            if missing:
+                msg = (f"{label}: {len(missing)} weights are not in the checkpoint and were initialised at random "
+                       f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); its scores measure "
+                       "an untrained head.")
+                logger.warning(msg)
+                record["warnings"].append(msg)
+            common = dict(max_seq_length=max_seq_length, batch_size=batch_size, max_eval_samples=max_eval_samples,
+                          text_column=text_column)
+            if task == "mlm":
+                evaluate = MLMEval(validation_file, tokenizer, line_by_line=line_by_line,
+                                   mlm_probability=mlm_probability, seed=seed, **common)
+            else:
+                evaluate = ClassificationEval(validation_file, tokenizer, model.config, label_column=label_column,
+                                              text_pair_column=text_pair_column, **common)
+            record["models"].append({"name": label, "path": path, "missing_weights": missing})
+            bar.set_postfix_str(label)
+            record["results"] += sweep_model(
+                model, levels, evaluate, scope=scope, targets=targets, label=label,
+                on_row=lambda row: write(table_row(row, metrics)), bar=bar)
+            del model
+    finally:
+        bar.close()
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    if output_dir:
+        write_outputs(record, output_dir)
+    return record
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+def table_header(metrics: Sequence[str]) -> str:
+    cols = ["model", "level", "sparsity"] + list(metrics)
+    widths = [24, 6, 9] + [11] * len(metrics)
+    return "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+
+
+def table_row(row: dict, metrics: Sequence[str]) -> str:
+    cells = [str(row["model"])[:24].ljust(24), row["level"].ljust(6), f"{100 * row['achieved_sparsity']:.1f}%".ljust(9)]
+    cells += [f"{row[m]:.4f}".ljust(11) if isinstance(row.get(m), (int, float)) else "".ljust(11) for m in metrics]
+    return "  ".join(cells)
+
+
+def format_table(record: dict) -> str:
+    metrics = METRICS[record["task"]]
+    return "\n".join([table_header(metrics)] + [table_row(r, metrics) for r in record["results"]])
+
+
+def write_csv(record: dict, path: str) -> None:
+    metrics = METRICS[record["task"]]
+    fields = ["model", "level", "pattern", "sparsity", "achieved_sparsity", "model_sparsity", *metrics,
+              "samples", "prune_seconds", "eval_seconds"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in record["results"]:
+            writer.writerow(row)
+
+
+def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
+    """Metric vs. sparsity: a line per model through its magnitude levels, N:M patterns as labelled markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric or record["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = ["*", "D", "P", "X", "s"]
+    models = list(dict.fromkeys(r["model"] for r in record["results"]))
+    patterns = sorted({r["pattern"] for r in record["results"] if r["pattern"]})
+    for i, name in enumerate(models):
+        color = f"C{i}"
+        rows = [r for r in record["results"] if r["model"] == name and isinstance(r.get(metric), (int, float))
+                and math.isfinite(r[metric])]
+        line = sorted((r for r in rows if not r["pattern"]), key=lambda r: r["achieved_sparsity"])
+        if line:
+            ax.plot([100 * r["achieved_sparsity"] for r in line], [r[metric] for r in line], "o-", color=color,
+                    label=f"{name} (magnitude)")
+        for r in (r for r in rows if r["pattern"]):
+            idx = patterns.index(r["pattern"])
+            # 2:4 and 4:8 share a sparsity (50 %): shrink later markers and stagger labels so both show.
+            ax.plot(100 * r["achieved_sparsity"], r[metric], markers[idx % len(markers)], color=color,
+                    markersize=max(14 - 4 * idx, 6), markeredgecolor="black", linestyle="none",
+                    label=f"{name} ({r['pattern']})", zorder=3 + idx)
+            ax.annotate(r["pattern"], (100 * r["achieved_sparsity"], r[metric]), textcoords="offset points",
+                        xytext=(-10 - 26 * idx, 9), fontsize=9, color=color)
+    ax.margins(y=0.15)  # room for the N:M labels
+    ax.set_xlabel("target sparsity (%)")
+    ax.set_ylabel(metric + ("" if HIGHER_IS_BETTER.get(metric, True) else " (lower is better)"))
+    scope = record.get("scope") or "global"
+    ax.set_title(f"One-shot pruning, {record['task']} ({scope} magnitude; N:M marked apart)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(record: dict, output_dir: str) -> dict:
+    """``sweep.json``, ``sweep.csv`` and ``sweep.png`` in ``output_dir``; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {k: os.path.join(output_dir, f"sweep.{k}") for k in ("json", "csv", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    write_csv(record, paths["csv"])
+    plot_sweep(record, paths["png"])
+    return paths

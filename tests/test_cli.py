@@ -1,0 +1,196 @@
+"""``cram-hf`` end to end on tiny models: prune, sweep (table, json, csv, plot), refusals, --help."""
+
+import csv
+import json
+import os
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, BertForMaskedLM, BertForSequenceClassification
+
+from cram_hf.checkpoint import COMPACT_WEIGHTS, SPARSITY_CONFIG, load_sparse
+from cram_hf.cli import main
+
+from conftest import WORDS, make_tiny_tokenizer, tiny_bert_config
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny MLM models and a tiny 2-class classifier, saved with a real WordPiece tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    tok = make_tiny_tokenizer(root / "tok")
+    out = {}
+    for name, cls, seed, extra in (("mlm_a", BertForMaskedLM, 0, {}), ("mlm_b", BertForMaskedLM, 1, {}),
+                                   ("clf", BertForSequenceClassification, 2,
+                                    {"num_labels": 2, "id2label": {0: "neg", 1: "pos"},
+                                     "label2id": {"neg": 0, "pos": 1}})):
+        torch.manual_seed(seed)
+        model = cls(tiny_bert_config(vocab_size=len(tok), **extra))
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out[name] = root / name
+    rng = random.Random(0)
+    text = root / "valid.txt"
+    text.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40)) + "\n")
+    out["text"] = text
+    table = root / "valid.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(24):
+            writer.writerow([" ".join(rng.choice(WORDS) for _ in range(8)), "pos" if i % 3 else "neg"])
+    out["csv"] = table
+    return out
+
+
+def _state(path):
+    return {k: v.clone() for k, v in AutoModelForMaskedLM.from_pretrained(path).state_dict().items()}
+
+
+def test_help_on_every_command(capsys):
+    for argv, expected in ((["--help"], "prune"), (["prune", "--help"], "--overwrite_output_dir"),
+                           (["sweep", "--help"], "--validation_file"), (["push", "--help"], "--repo_id")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_prune_writes_a_checkpoint_plain_from_pretrained_reads(models, tmp_path, capsys):
+    out = tmp_path / "p70"
+    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.7", "--scope", "layer", "--output_dir", str(out)]) == 0
+    assert "magnitude 0.7 (layer)" in capsys.readouterr().out
+    config = json.loads((out / SPARSITY_CONFIG).read_text())
+    assert (config["level"], config["scope"], config["method"]) == ("0.7", "layer", "magnitude")
+    assert config["base_model"] == str(models["mlm_a"]) and config["base_model_is_local"]
+    pruned = AutoModelForMaskedLM.from_pretrained(out)
+    params = dict(pruned.named_parameters())
+    for name in config["targets"]:
+        assert int((params[name] == 0).sum()) == round(0.7 * params[name].numel())
+    original = _state(models["mlm_a"])
+    for k, v in pruned.state_dict().items():
+        if k not in config["targets"]:
+            assert torch.equal(v, original[k]), k
+    from transformers import AutoTokenizer
+
+    # the tokenizer travels with the checkpoint
+    assert AutoTokenizer.from_pretrained(out).vocab == AutoTokenizer.from_pretrained(models["mlm_a"]).vocab
+
+
+def test_prune_compact_nm_with_custom_targets(models, tmp_path):
+    out = tmp_path / "c24"
+    assert main(["prune", str(models["mlm_a"]), "--sparsity", "2:4", "--targets", r"intermediate\.dense\.weight$",
+                 r"output\.dense\.weight$", "--compact", "--output_dir", str(out)]) == 0
+    assert os.path.isfile(out / COMPACT_WEIGHTS) and not os.path.exists(out / "model.safetensors")
+    config = json.loads((out / SPARSITY_CONFIG).read_text())
+    assert config["pattern"] == "2:4" and config["target_rule"] == "regex" and len(config["targets"]) == 6
+    model = load_sparse(out)
+    assert config["achieved"]["target_sparsity"] == 0.5
+    # pruning a compact checkpoint again goes through load_sparse
+    assert main(["prune", str(out), "--sparsity", "0.8", "--output_dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / SPARSITY_CONFIG).read_text())
+    assert again["base_model"] == str(models["mlm_a"])  # the original base, not the intermediate folder
+    assert model is not None
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--sparsity", "1.0"], "sparsity must be in"),
+    (["--sparsity", "3:2"], "0 < N < M"),
+    (["--sparsity", "0.5", "--targets", "no_such_weight"], "matches no parameter"),
+    (["--sparsity", "0.5", "--targets", "("], "not a valid regular expression"),
+    (["--sparsity", "0.5", "--push_to_hub", "not a repo"], "ORG/NAME"),
+])
+def test_prune_refusals_write_nothing(models, tmp_path, capsys, extra, match):
+    out = tmp_path / "out"
+    assert main(["prune", str(models["mlm_a"]), "--output_dir", str(out), *extra]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == []  # no temporary folder either
+
+
+def test_prune_refuses_a_model_dir_without_weights_and_a_non_empty_output(models, tmp_path, capsys):
+    no_weights = tmp_path / "no_weights"
+    BertForMaskedLM(tiny_bert_config()).config.save_pretrained(no_weights)
+    assert main(["prune", str(no_weights), "--sparsity", "0.5", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "no weights" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.5", "--output_dir", str(busy)]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert os.listdir(busy) == ["notes.txt"]
+    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.5", "--output_dir", str(busy),
+                 "--overwrite_output_dir"]) == 0
+    assert os.path.isfile(busy / SPARSITY_CONFIG) and not os.path.exists(busy / "notes.txt")
+
+
+def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    before = _state(models["mlm_a"])
+    rc = main(["sweep", str(models["mlm_a"]), str(models["mlm_b"]), "--validation_file", str(models["text"]),
+               "--task", "mlm", "--sparsities", "0.9", "0", "0.5", "2:4", "4:8", "--max_seq_length", "16",
+               "--batch_size", "8", "--output_dir", str(out), "--disable_tqdm", "--model_names", "A", "B"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "2:4" in printed
+    record = json.loads((out / "sweep.json").read_text())
+    rows = record["results"]
+    assert [(r["model"], r["level"]) for r in rows] == [(m, lv) for m in "AB" for lv in ("0.9", "0", "0.5", "2:4", "4:8")]
+    for r in rows:
+        assert r["achieved_sparsity"] == pytest.approx(r["sparsity"], abs=1 / 4096)  # round(s*n) of 4096
+        assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item(), rel=1e-6)
+    # a fresh copy per level: level 0 after 0.9 equals the dense model, and the saved model is untouched
+    from cram_hf.sweep import MLMEval
+
+    from transformers import AutoTokenizer
+
+    dense = MLMEval(str(models["text"]), AutoTokenizer.from_pretrained(models["mlm_a"]), max_seq_length=16,
+                    batch_size=8)(AutoModelForMaskedLM.from_pretrained(models["mlm_a"]))
+    assert rows[1]["loss"] == pytest.approx(dense["loss"], rel=1e-6)
+    assert rows[0]["loss"] != pytest.approx(rows[1]["loss"])
+    assert all(torch.equal(v, before[k]) for k, v in _state(models["mlm_a"]).items())
+    with open(out / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10 and table[3]["pattern"] == "2:4" and float(table[0]["achieved_sparsity"]) == rows[0]["achieved_sparsity"]
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "sweep.png").stat().st_size > 10_000
+
+
+def test_classification_sweep_reports_accuracy_and_macro_f1(models, tmp_path):
+    from sklearn.metrics import f1_score
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "clf"
+    rc = main(["sweep", str(models["clf"]), "--validation_file", str(models["csv"]), "--task", "classification",
+               "--sparsities", "0", "0.7", "--output_dir", str(out), "--disable_tqdm", "--metric", "f1",
+               "--max_eval_samples", "20"])
+    assert rc == 0
+    record = json.loads((out / "sweep.json").read_text())
+    dense = record["results"][0]
+    assert dense["samples"] == 20 and record["metric"] == "f1"
+    # recompute level 0 by hand: string labels mapped through the model's label2id
+    model = BertForSequenceClassification.from_pretrained(models["clf"]).eval()
+    tok = AutoTokenizer.from_pretrained(models["clf"])
+    with open(models["csv"]) as f:
+        rows = list(csv.DictReader(f))[:20]
+    gold = [{"neg": 0, "pos": 1}[r["label"]] for r in rows]
+    with torch.no_grad():
+        pred = model(**tok([r["text"] for r in rows], padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    assert dense["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, gold)) / 20)
+    assert dense["f1"] == pytest.approx(f1_score(gold, pred, average="macro"))
+    assert os.path.isfile(out / "sweep.png") and os.path.isfile(out / "sweep.csv")
+
+
+def test_sweep_refusals(models, tmp_path, capsys):
+    base = ["sweep", str(models["mlm_a"]), "--output_dir", str(tmp_path / "s")]
+    assert main(base + ["--validation_file", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(base + ["--validation_file", str(models["text"]), "--task", "classification"]) == 2
+    assert "csv" in capsys.readouterr().err
+    assert main(base + ["--validation_file", str(models["text"]), "--sparsities", "0.5", "1.5"]) == 2
+    assert "sparsity must be in" in capsys.readouterr().err
+    assert main(base + ["--validation_file", str(models["text"]), "--metric", "f1"]) == 2
+    assert main(["sweep", str(tmp_path / "nope"), "--validation_file", str(models["text"]),
+                 "--output_dir", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
