@@ -8,6 +8,7 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
+from .arguments import none_to_empty
 from .compression import SCOPES, level_name, parse_level
 from .targets import validate_patterns
 
@@ -26,8 +27,7 @@ class CrAMConfig(TrainingArguments):
         default_factory=lambda: list(DEFAULT_SPARSITIES),
         metadata={
             "help": "Compression levels, one drawn per optimizer step: sparsities in [0, 1) and/or N:M patterns "
-            "such as 2:4 or 4:8 (quote them in YAML). Empty: no compression.",
-            "nargs": "*",
+            "such as 2:4 or 4:8 (quote them in YAML). 'none' (or [] in a config file): no compression.",
         },
     )
     cram_plus: bool = field(default=True, metadata={"help": "CrAM+: add the clean gradient g to the update."})
@@ -42,7 +42,6 @@ class CrAMConfig(TrainingArguments):
         metadata={
             "help": "Regexes on parameter names selecting the weights to compress. Default: the Linear weights "
             "inside the transformer layers.",
-            "nargs": "*",
         },
     )
     cram_grad_norm: bool = field(
@@ -64,7 +63,7 @@ class CrAMConfig(TrainingArguments):
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
             raise ValueError(f"cram_rho: must be a finite number >= 0, got {self.cram_rho!r}.")
         self.cram_rho = float(rho)
-        sparsities = self.cram_sparsities
+        sparsities = none_to_empty(self.cram_sparsities)
         if sparsities is None:
             sparsities = []
         if isinstance(sparsities, (str, int, float)):

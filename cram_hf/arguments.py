@@ -1,0 +1,58 @@
+"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import yaml
+from transformers import HfArgumentParser
+
+
+NONE = "none"
+
+
+def none_to_empty(values):
+    """``["none"]`` (how an empty list is spelled on the command line) -> ``[]``."""
+    if isinstance(values, (list, tuple)) and len(values) == 1 and str(values[0]).lower() == NONE:
+        return []
+    return values
+
+
+def _config_to_flags(config: dict, path: str) -> list[str]:
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of argument names to values.")
+    flags = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            # argparse list flags need at least one value: "none" stands for the empty list.
+            flags.extend([str(v) for v in value] or [NONE])
+        elif isinstance(value, bool):
+            flags.append(str(value).lower())
+        elif isinstance(value, dict):
+            flags.append(json.dumps(value))
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]] = None):
+    """Parse ``argv`` into the parser's dataclasses.
+
+    ``run.py config.yaml`` (or ``.json``) reads every argument from the file — the same names as the flags;
+    flags after the file override it: ``run.py config.yaml --max_steps 10``. Unknown keys are errors.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        path = argv.pop(0)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} does not exist.")
+        with open(path) as f:
+            config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        argv = _config_to_flags(config or {}, path) + argv
+    return parser.parse_args_into_dataclasses(args=argv)
