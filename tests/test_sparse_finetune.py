@@ -160,3 +160,56 @@ def test_from_checkpoint_resolves_names_of_another_model_class(tmp_path):
     assert list(keep_sparsity_callback(model, tmp_path).masks) == list(callback.masks)
     with pytest.raises(ValueError, match="matches no parameter"):
         resolve_parameter_names(model, ["encoder.layer.9.attention.self.query.weight"])
+
+
+DDP_WORKER = r'''
+import json, os, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, os.environ["TESTS_DIR"])
+from test_sparse_finetune import dataset, make_model, prune_
+from cram_hf import CrAMConfig, CrAMTrainer
+from cram_hf.sparse_finetune import KeepSparsityCallback
+
+torch.set_num_threads(1)
+model = make_model()
+zeros = prune_(model)
+callback = KeepSparsityCallback.from_model(model)
+args = CrAMConfig(output_dir=sys.argv[1] + "/out", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  max_steps=4, learning_rate=5e-2, weight_decay=0.1, report_to=[], save_strategy="no",
+                  use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=3, cram_rho=0.05,
+                  cram_sparsities=["0.5", "2:4"])
+trainer = CrAMTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback])
+trainer.train()
+params = dict(model.named_parameters())
+flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+if dist.get_rank() == 0:
+    json.dump({"world_size": dist.get_world_size(),
+               "replicas_identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+               "pattern_kept": all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items()),
+               "trained": bool((flat != torch.cat([p.reshape(-1) for p in make_model().parameters()])).any())},
+              open(sys.argv[1] + "/result.json", "w"))
+'''
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_keep_the_same_exact_mask(tmp_path):
+    """torchrun, 2 gloo ranks, CrAM + accumulation: both replicas identical, the pattern exact."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TESTS_DIR=os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(tmp_path / "worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == {"world_size": 2, "replicas_identical": True, "pattern_kept": True, "trained": True}
