@@ -76,6 +76,7 @@ def _add_push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", "--hub_private_repo", dest="private", action="store_true", help="Create the repo private.")
     p.add_argument("--token", "--hub_token", dest="token", default=None, help="Hub token (default: HF_TOKEN / saved login).")
     p.add_argument("--commit_message", default=None, help="Commit message of the upload.")
+    p.add_argument("--sweep_file", default=None, help="A sweep.json from `cram-hf sweep`: its table goes into the model card.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,11 +198,12 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _push(folder, repo_id, private, token, commit_message) -> int:
+def _push(folder, repo_id, private, token, commit_message, sweep_file=None) -> int:
     from .hub import HubError, push_to_hub
 
     try:
-        url = push_to_hub(folder, repo_id, private=private or None, token=token, commit_message=commit_message)
+        url = push_to_hub(folder, repo_id, private=private or None, token=token, commit_message=commit_message,
+                          sweep_file=sweep_file)
     except (HubError, ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
     print(f"Pushed {folder} to {url}")
@@ -209,7 +211,7 @@ def _push(folder, repo_id, private, token, commit_message) -> int:
 
 
 def cmd_push(args) -> int:
-    return _push(args.folder, args.repo_id, args.private, args.token, args.commit_message)
+    return _push(args.folder, args.repo_id, args.private, args.token, args.commit_message, args.sweep_file)
 
 
 COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "push": cmd_push}

@@ -94,9 +94,9 @@ def _sweep_table(sweep: dict) -> str:
     return f"## Sparsity sweep\n\nOne-shot pruning at several levels, no re-training ({what}):\n\n" + "\n".join(lines)
 
 
-def model_card(folder, repo_id: Optional[str] = None) -> str:
-    """A README.md model card for a sparse checkpoint folder, from its ``sparsity_config.json`` (and
-    ``sweep.json`` if present)."""
+def model_card(folder, repo_id: Optional[str] = None, sweep_file: Optional[str] = None) -> str:
+    """A README.md model card for a sparse checkpoint folder, from its ``sparsity_config.json`` and the sweep
+    table of ``sweep_file`` (default: ``folder/sweep.json`` if present)."""
     folder = os.fspath(folder)
     config = read_sparsity_config(folder)
     arch = _architecture(folder)
@@ -177,7 +177,7 @@ keep = KeepSparsityCallback.from_model(model{targets_arg})  # masks from the zer
 trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[keep])
 ```
 """
-    sweep_file = os.path.join(folder, SWEEP_JSON)
+    sweep_file = sweep_file or os.path.join(folder, SWEEP_JSON)
     if os.path.isfile(sweep_file):
         with open(sweep_file) as f:
             body += "\n" + _sweep_table(json.load(f)) + "\n"
@@ -272,10 +272,12 @@ def _stage(folder: str, card: str, staging: str) -> None:
 
 def push_to_hub(folder, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
                 endpoint: Optional[str] = None, commit_message: Optional[str] = None,
-                use_existing_card: bool = True) -> str:
+                use_existing_card: bool = True, sweep_file: Optional[str] = None) -> str:
     """Create ``repo_id`` (if needed) and upload the sparse checkpoint ``folder`` with a generated model card.
 
     ``private=None`` leaves the visibility to the namespace's default (and an existing repo's as it is).
+    ``sweep_file``: a ``sweep.json`` from ``cram-hf sweep`` whose table goes into the card; it is uploaded as
+    ``sweep.json`` too.
 
     A ``README.md`` already in ``folder`` is uploaded as is when ``use_existing_card``; otherwise the card is
     generated in a staging folder — ``folder`` itself is never modified. Returns the repository URL.
@@ -287,6 +289,8 @@ def push_to_hub(folder, repo_id: str, *, private: Optional[bool] = None, token: 
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder: {folder!r} is not a directory.")
     read_sparsity_config(folder)  # a sparse checkpoint, or a clear error
+    if sweep_file is not None and not os.path.isfile(sweep_file):
+        raise FileNotFoundError(f"sweep_file: no such file {os.fspath(sweep_file)!r}.")
     token = check_push(repo_id, token)
     endpoint = resolve_endpoint(endpoint)
     existing = os.path.join(folder, CARD_NAME)
@@ -294,10 +298,15 @@ def push_to_hub(folder, repo_id: str, *, private: Optional[bool] = None, token: 
         with open(existing) as f:
             card = f.read()
     else:
-        card = model_card(folder, repo_id)
+        card = model_card(folder, repo_id, sweep_file)
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="cram_hf_push_") as staging:
         _stage(folder, card, staging)
+        if sweep_file is not None:
+            staged = os.path.join(staging, SWEEP_JSON)
+            if os.path.lexists(staged):
+                os.remove(staged)
+            shutil.copy2(sweep_file, staged)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",

@@ -225,9 +225,17 @@ def test_push_refuses_a_folder_that_is_not_a_sparse_checkpoint(tmp_path, fake_hu
 def test_cli_push_and_prune_with_push_to_hub(tmp_path, fake_hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     folder = _checkpoint(tmp_path)
-    assert main(["push", str(folder), "--repo_id", "me/pushed", "--token", TOKEN]) == 0
-    assert "README.md" in fake_hub.files["me/pushed"] and "visibility" not in fake_hub.repos["me/pushed"]
+    sweep = tmp_path / "elsewhere" / "sweep.json"
+    sweep.parent.mkdir()
+    sweep.write_text(json.dumps({"task": "classification", "validation_file": "dev.csv", "results": [
+        {"model": "cram", "level": "2:4", "achieved_sparsity": 0.5, "accuracy": 0.875, "f1": 0.75}]}))
+    assert main(["push", str(folder), "--repo_id", "me/pushed", "--token", TOKEN, "--sweep_file", str(sweep)]) == 0
+    sent = fake_hub.files["me/pushed"]
+    assert "| cram | 2:4 | 50.0 % | 0.875 | 0.75 |" in sent["README.md"].decode()
+    assert sent["sweep.json"] == sweep.read_bytes()
+    assert "visibility" not in fake_hub.repos["me/pushed"]  # no --private: the namespace default
     assert "me/pushed" in capsys.readouterr().out
+    assert not (folder / "sweep.json").exists()
 
     model_dir = tmp_path / "dense"
     torch.manual_seed(1)
