@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ from torch import nn
 
 from .compression import level_sparsity, parse_level
 from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
+
+logger = logging.getLogger(__name__)
 
 SPARSITY_CONFIG = "sparsity_config.json"
 COMPACT_WEIGHTS = "sparse_weights.safetensors"
@@ -284,38 +287,55 @@ def _rebuild_compact(path: str, model_class) -> nn.Module:
         state[name] = dense.view(shape)
 
     config = AutoConfig.from_pretrained(path)
-    model_class = model_class or model_class_for(config)
+    saved_class = model_class_for(config)
+    model_class = model_class or saved_class
     # Concrete classes build from a config with _from_config (from_config exists on the Auto classes only).
     build = getattr(model_class, "from_config", None) or model_class._from_config
     model = build(config)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
+    state = _match_prefix(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"{file}: tensors {unexpected[:3]} do not belong to {model_class.__name__}.")
-    not_tied = [k for k in missing if k not in aliases]
-    if not_tied:
-        raise ValueError(f"{file}: {model_class.__name__} expects {not_tied[:3]}, which the file lacks.")
+    missing = [k for k in missing if k not in aliases]
+    if model_class is saved_class and (missing or unexpected):
+        raise ValueError(f"{file}: does not match {model_class.__name__} (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}).")
+    if missing or unexpected:
+        # Another head on the same body (e.g. MLM checkpoint -> classifier), as from_pretrained allows.
+        logger.warning("%s as %s: %d weights newly initialised (%s), %d unused (%s).", path, model_class.__name__,
+                       len(missing), ", ".join(missing[:3]), len(unexpected), ", ".join(unexpected[:3]))
     model.tie_weights()
     full = model.state_dict()
     for alias, source in aliases.items():
-        if alias in full and not torch.equal(full[alias], full[source]):
+        if alias in full and source in full and not torch.equal(full[alias], full[source]):
             raise ValueError(f"{file}: {alias} should be tied to {source} but the model does not tie them.")
     model.eval()
     return model
 
 
+def _match_prefix(state: dict, model: nn.Module) -> dict:
+    """Add or strip the base-model prefix (``bert.``) when the checkpoint and the model class differ in it."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    keys = set(model.state_dict())
+    if prefix == "." or set(state) & keys:
+        return state
+    if any(k.startswith(prefix) for k in state):  # head-model checkpoint into a bare base model
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {prefix + k: v for k, v in state.items()}  # bare base model into a head model
+
+
 def verify_sparsity(model: nn.Module, config: dict, where: str = "") -> None:
     """Raise ``ValueError`` unless the model's zeros match ``sparsity_config.json`` exactly (per matrix) and
     every target satisfies the N:M pattern the config names."""
-    names = config["targets"]
+    from .sparse_finetune import resolve_parameter_names
+
+    saved = config["targets"]
+    # Names recorded with one class (bert.encoder...) map onto another (encoder...) by dotted suffix.
+    names = resolve_parameter_names(model, saved)
     params = dict(model.named_parameters())
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise ValueError(f"{where}{SPARSITY_CONFIG} names target {missing[0]!r}, which the model does not have.")
     measured = sparsity_report_for(model, names)
-    expected = config["achieved"]["per_matrix"]
+    expected = {n: config["achieved"]["per_matrix"][s] for n, s in zip(names, saved)}
     for n in names:
         if measured.per_matrix[n]["zeros"] != expected[n]["zeros"]:
             raise ValueError(

@@ -193,3 +193,19 @@ def test_model_source_checks(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         check_model_source(str(tmp_path / "missing"))
     check_model_source("google-bert/bert-base-uncased")  # a Hub id is left to from_pretrained
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_load_sparse_into_another_head_keeps_the_pruned_body(tmp_path, compact):
+    from transformers import BertForSequenceClassification, BertModel
+
+    model, report = _pruned("2:4")
+    save_sparse(model, tmp_path / "c", report=report, compact=compact)
+    body = model.bert.state_dict()
+    for cls, prefix in ((BertForSequenceClassification, "bert."), (BertModel, "")):
+        other = load_sparse(tmp_path / "c", cls)  # names map bert.encoder... <-> encoder...; pattern verified
+        assert type(other) is cls
+        state = other.state_dict()
+        for k, v in body.items():
+            if not k.startswith("pooler"):  # BertForMaskedLM has no pooler
+                assert torch.equal(state[prefix + k], v), k
