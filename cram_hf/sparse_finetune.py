@@ -171,7 +171,9 @@ class KeepSparsityCallback(TrainerCallback):
         self._bound = bound
         self.apply_to_weights()
         if self.mask_gradients:
-            self._hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in bound if p.requires_grad]
+            # torch.where, not g * m: an inf (fp16 overflow) at a pruned entry must become 0, not inf * 0 = NaN.
+            self._hooks = [p.register_hook(lambda g, m=m: torch.where(m, g, g.new_zeros(())))
+                           for p, m in bound if p.requires_grad]
 
     def unbind(self) -> None:
         for h in self._hooks:

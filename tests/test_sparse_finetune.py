@@ -213,3 +213,16 @@ def test_ddp_two_ranks_keep_the_same_exact_mask(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result == {"world_size": 2, "replicas_identical": True, "pattern_kept": True, "trained": True}
+
+
+def test_gradient_hook_turns_overflow_at_pruned_entries_into_zero():
+    model = make_model()
+    zeros = prune_(model)
+    callback = KeepSparsityCallback.from_model(model)
+    callback.bind(model)
+    name, z = next(iter(zeros.items()))
+    p = dict(model.named_parameters())[name]
+    torch.autograd.backward(p, torch.full_like(p, float("inf")))  # an overflowing gradient everywhere
+    assert torch.isfinite(p.grad[z]).all() and (p.grad[z] == 0).all()
+    assert torch.isinf(p.grad[~z]).all()
+    callback.unbind()
