@@ -17,6 +17,12 @@ DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
 _FUSED_UPDATE_OPTIMS = ("lomo", "adalomo")
 
 
+def _has_fp16_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 @dataclass
 class CrAMConfig(TrainingArguments):
     """Training arguments for :class:`~cram_hf.CrAMTrainer`. Every ``TrainingArguments`` field works as
@@ -90,6 +96,12 @@ class CrAMConfig(TrainingArguments):
         if self.fsdp:
             raise ValueError(
                 "fsdp: CrAMTrainer does not support FSDP (sharded parameters and gradients). Use DDP (torchrun)."
+            )
+        if self.fp16 and not _has_fp16_accelerator():
+            raise ValueError(
+                "fp16: there is no GPU here, and on CPU Accelerate runs fp16 without loss scaling, so small "
+                "gradients underflow to zero and CrAM's perturbation with them. Use bf16=True (no scaling needed) "
+                "or full precision."
             )
         optim = str(getattr(self.optim, "value", self.optim))
         if optim in _FUSED_UPDATE_OPTIMS:
