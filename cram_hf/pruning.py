@@ -67,27 +67,22 @@ class SparsityReport:
         )
 
 
-def _unique_parameters(model: nn.Module) -> list[torch.Tensor]:
-    # named_parameters() already skips tied duplicates (same Parameter object).
-    return [p for _, p in model.named_parameters()]
-
-
 def _zeros(t: torch.Tensor) -> int:
     return int((t.detach() == 0).sum())
 
 
 def _measure(model: nn.Module, names: Sequence[str]) -> tuple[dict, int, int, int, int]:
+    # One pass over every parameter (named_parameters() already skips tied duplicates); targets reuse it.
+    zeros = {n: _zeros(p) for n, p in model.named_parameters()}
     params = dict(model.named_parameters())
     per_matrix = {}
     for n in names:
         p = params[n]
-        z = _zeros(p)
-        per_matrix[n] = {"shape": list(p.shape), "zeros": z, "sparsity": z / max(p.numel(), 1)}
+        per_matrix[n] = {"shape": list(p.shape), "zeros": zeros[n], "sparsity": zeros[n] / max(p.numel(), 1)}
     target_zeros = sum(v["zeros"] for v in per_matrix.values())
     target_numel = sum(params[n].numel() for n in names)
-    model_params = _unique_parameters(model)
-    model_zeros = sum(_zeros(p) for p in model_params)
-    model_numel = sum(p.numel() for p in model_params)
+    model_zeros = sum(zeros.values())
+    model_numel = sum(p.numel() for p in params.values())
     return per_matrix, target_zeros, target_numel, model_zeros, model_numel
 
 
