@@ -357,7 +357,7 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
                     markersize=max(14 - 4 * idx, 6), markeredgecolor="black", linestyle="none",
                     label=f"{name} ({r['pattern']})", zorder=3 + idx)
             ax.annotate(r["pattern"], (100 * r["achieved_sparsity"], r[metric]), textcoords="offset points",
-                        xytext=(-10 - 26 * idx, 9), fontsize=9, color=color)
+                        xytext=(10, -4) if idx % 2 == 0 else (-32, -4), fontsize=9, color=color)
     ax.margins(y=0.15)  # room for the N:M labels
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel(metric + ("" if HIGHER_IS_BETTER.get(metric, True) else " (lower is better)"))
