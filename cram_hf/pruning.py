@@ -58,8 +58,11 @@ class SparsityReport:
         return d
 
     def summary(self) -> str:
-        how = {"magnitude": f"magnitude {self.level} ({self.scope})", "n:m": f"{self.level} pattern",
-               "measured": "measured"}[self.method]
+        how = {
+            "magnitude": f"magnitude {self.level} ({self.scope})",
+            "n:m": f"{self.level} pattern",
+            "measured": "measured",
+        }[self.method]
         return (
             f"{how}: {len(self.targets)} target matrices, {self.target_zeros:,}/{self.target_numel:,} zero "
             f"({100 * self.target_sparsity:.2f} %); whole model {100 * self.model_sparsity:.2f} % zero"
@@ -97,8 +100,15 @@ def sparsity_report_for(model: nn.Module, names: Sequence[str], **fields) -> Spa
     fields.setdefault("level", None)
     fields.setdefault("scope", None)
     fields.setdefault("target_patterns", None)
-    return SparsityReport(targets=list(names), per_matrix=per_matrix, target_zeros=tz, target_numel=tn,
-                          model_zeros=mz, model_numel=mn, **fields)
+    return SparsityReport(
+        targets=list(names),
+        per_matrix=per_matrix,
+        target_zeros=tz,
+        target_numel=tn,
+        model_zeros=mz,
+        model_numel=mn,
+        **fields,
+    )
 
 
 def sparsity_report(model: nn.Module, targets: Patterns = None) -> SparsityReport:
@@ -148,11 +158,20 @@ def prune(model: nn.Module, sparsity, *, scope: str = "global", targets: Pattern
     t3 = time.perf_counter()
     is_nm = isinstance(level, tuple)
     report = sparsity_report_for(
-        model, names, method="n:m" if is_nm else "magnitude", level=level_name(level),
-        scope=None if is_nm else scope, target_patterns=patterns, num_pruned=num_pruned,
+        model,
+        names,
+        method="n:m" if is_nm else "magnitude",
+        level=level_name(level),
+        scope=None if is_nm else scope,
+        target_patterns=patterns,
+        num_pruned=num_pruned,
     )
-    report.seconds = {"validate": t1 - t0, "masks": t2 - t1, "apply": t3 - t2,
-                      "total": time.perf_counter() - t0}
+    report.seconds = {
+        "validate": t1 - t0,
+        "masks": t2 - t1,
+        "apply": t3 - t2,
+        "total": time.perf_counter() - t0,
+    }
     return report
 
 

@@ -35,6 +35,7 @@ TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
 
 # ------------------------------------------------------------------------------------------- arguments
 
+
 def parse_levels(values: Sequence, name: str = "--sparsities") -> list[Level]:
     """Parse and de-duplicate levels, keeping the given order."""
     if not values:
@@ -80,6 +81,7 @@ def _load_raw(path: str):
 
 # ------------------------------------------------------------------------------------------ evaluation
 
+
 def _pick_column(columns, wanted: Optional[str], candidates: Sequence[str], what: str) -> Optional[str]:
     if wanted:
         if wanted not in columns:
@@ -98,8 +100,11 @@ def label_ids(labels: list, config) -> list[int]:
         label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
         if not set(names) <= set(label2id):
             label2id = {name: i for i, name in enumerate(sorted(set(names)))}
-            logger.warning("labels: the model's label2id does not name %s; using sorted order %s.",
-                           sorted(set(names) - set(config.label2id or {}))[:5], label2id)
+            logger.warning(
+                "labels: the model's label2id does not name %s; using sorted order %s.",
+                sorted(set(names) - set(config.label2id or {}))[:5],
+                label2id,
+            )
         ids = [label2id[x] for x in names]
     num_labels = int(getattr(config, "num_labels", 0) or 0)
     bad = [i for i in ids if not 0 <= i < num_labels]
@@ -111,9 +116,19 @@ def label_ids(labels: list, config) -> list[int]:
 class ClassificationEval:
     """Accuracy, macro-F1 and mean cross-entropy of a sequence-classification model on a csv/json file."""
 
-    def __init__(self, path: str, tokenizer, config, *, max_seq_length: int = 128, batch_size: int = 32,
-                 max_eval_samples: Optional[int] = None, text_column: Optional[str] = None,
-                 text_pair_column: Optional[str] = None, label_column: str = "label"):
+    def __init__(
+        self,
+        path: str,
+        tokenizer,
+        config,
+        *,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        max_eval_samples: Optional[int] = None,
+        text_column: Optional[str] = None,
+        text_pair_column: Optional[str] = None,
+        label_column: str = "label",
+    ):
         raw = _load_raw(path)
         if max_eval_samples is not None:
             raw = raw.select(range(min(max_eval_samples, len(raw))))
@@ -121,10 +136,13 @@ class ClassificationEval:
         text = _pick_column(columns, text_column, ("text", "sentence", "sentence1", "question"), "text")
         if text is None:
             raise ValueError(f"--text_column: no 'text' or 'sentence' column in {path} (columns: {columns}).")
-        pair = _pick_column(columns, text_pair_column,
-                            ("sentence2",) if text == "sentence1" else (), "text_pair")
+        pair = _pick_column(
+            columns, text_pair_column, ("sentence2",) if text == "sentence1" else (), "text_pair"
+        )
         if label_column not in columns:
-            raise ValueError(f"--label_column: {label_column!r} is not a column of {path} (columns: {columns}).")
+            raise ValueError(
+                f"--label_column: {label_column!r} is not a column of {path} (columns: {columns})."
+            )
         if len(raw) == 0:
             raise ValueError(f"--validation_file: {path} has no rows.")
         self.labels = torch.tensor(label_ids(raw[label_column], config))
@@ -133,8 +151,14 @@ class ClassificationEval:
         self.batches = []
         for start in range(0, len(texts), batch_size):
             stop = start + batch_size
-            enc = tokenizer(texts[start:stop], pairs[start:stop] if pairs else None, padding=True,
-                            truncation=True, max_length=max_seq_length, return_tensors="pt")
+            enc = tokenizer(
+                texts[start:stop],
+                pairs[start:stop] if pairs else None,
+                padding=True,
+                truncation=True,
+                max_length=max_seq_length,
+                return_tensors="pt",
+            )
             self.batches.append((dict(enc), self.labels[start:stop]))
 
     @torch.no_grad()
@@ -150,25 +174,46 @@ class ClassificationEval:
             preds.append(logits.argmax(-1).cpu())
         pred = torch.cat(preds).numpy()
         gold = self.labels.numpy()
-        return {"accuracy": float((pred == gold).mean()), "f1": float(f1_score(gold, pred, average="macro")),
-                "loss": loss_sum / len(gold), "samples": int(len(gold))}
+        return {
+            "accuracy": float((pred == gold).mean()),
+            "f1": float(f1_score(gold, pred, average="macro")),
+            "loss": loss_sum / len(gold),
+            "samples": int(len(gold)),
+        }
 
 
 class MLMEval:
     """Masked-LM loss, perplexity and accuracy on a text file, with the same masks for every model/level."""
 
-    def __init__(self, path: str, tokenizer, *, max_seq_length: int = 128, batch_size: int = 32,
-                 max_eval_samples: Optional[int] = None, line_by_line: bool = False,
-                 mlm_probability: float = 0.15, seed: int = 0, text_column: Optional[str] = None):
+    def __init__(
+        self,
+        path: str,
+        tokenizer,
+        *,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        max_eval_samples: Optional[int] = None,
+        line_by_line: bool = False,
+        mlm_probability: float = 0.15,
+        seed: int = 0,
+        text_column: Optional[str] = None,
+    ):
         from .mlm import ReproducibleMLMCollator, tokenize_for_mlm
 
-        self.dataset = tokenize_for_mlm(_load_raw(path), tokenizer, max_seq_length=max_seq_length,
-                                        line_by_line=line_by_line, text_column=text_column)
+        self.dataset = tokenize_for_mlm(
+            _load_raw(path),
+            tokenizer,
+            max_seq_length=max_seq_length,
+            line_by_line=line_by_line,
+            text_column=text_column,
+        )
         if max_eval_samples is not None:
             self.dataset = self.dataset.select(range(min(max_eval_samples, len(self.dataset))))
         if len(self.dataset) == 0:
-            raise ValueError(f"--validation_file: {path} yields no block of {max_seq_length} tokens; "
-                             "use --line_by_line or a smaller --max_seq_length.")
+            raise ValueError(
+                f"--validation_file: {path} yields no block of {max_seq_length} tokens; "
+                "use --line_by_line or a smaller --max_seq_length."
+            )
         self.collator = ReproducibleMLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
         self.batch_size = batch_size
 
@@ -181,6 +226,7 @@ class MLMEval:
 
 
 # ----------------------------------------------------------------------------------------------- sweep
+
 
 def model_label(path: str) -> str:
     return os.path.basename(os.path.normpath(path)) or path
@@ -195,8 +241,17 @@ def _unique_labels(paths: Sequence[str], names: Optional[Sequence[str]]) -> list
     return [p if labels.count(l) > 1 else l for p, l in zip(paths, labels)]
 
 
-def sweep_model(model, levels: Sequence[Level], evaluate: Callable, *, scope: str = "global", targets=None,
-                label: str = "model", on_row: Optional[Callable] = None, bar=None) -> list[dict]:
+def sweep_model(
+    model,
+    levels: Sequence[Level],
+    evaluate: Callable,
+    *,
+    scope: str = "global",
+    targets=None,
+    label: str = "model",
+    on_row: Optional[Callable] = None,
+    bar=None,
+) -> list[dict]:
     """Prune a deep copy of ``model`` at each level and evaluate it; ``model`` itself is not modified."""
     rows = []
     for level in levels:
@@ -208,10 +263,17 @@ def sweep_model(model, levels: Sequence[Level], evaluate: Callable, *, scope: st
         t2 = time.perf_counter()
         del pruned
         is_nm = isinstance(level, tuple)
-        row = {"model": label, "level": level_name(level), "pattern": level_name(level) if is_nm else None,
-               "sparsity": level_sparsity(level), "achieved_sparsity": report.target_sparsity,
-               "model_sparsity": report.model_sparsity, **metrics,
-               "prune_seconds": t1 - t0, "eval_seconds": t2 - t1}
+        row = {
+            "model": label,
+            "level": level_name(level),
+            "pattern": level_name(level) if is_nm else None,
+            "sparsity": level_sparsity(level),
+            "achieved_sparsity": report.target_sparsity,
+            "model_sparsity": report.model_sparsity,
+            **metrics,
+            "prune_seconds": t1 - t0,
+            "eval_seconds": t2 - t1,
+        }
         rows.append(row)
         if on_row:
             on_row(row)
@@ -220,31 +282,80 @@ def sweep_model(model, levels: Sequence[Level], evaluate: Callable, *, scope: st
     return rows
 
 
-def _load_model(path: str, task: str):
-    """The model for ``task``; weights the checkpoint lacks (an untrained head) are reported, not hidden."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+def label_config(path: str, label_names: Optional[Sequence[str]]) -> dict:
+    """``from_pretrained`` overrides that give a checkpoint without a matching classifier the data's classes.
+
+    Only when the data's labels are strings the checkpoint does not name (e.g. an encoder with no head):
+    the labels in sorted order, as :func:`label_ids` maps them. A trained head of another size then fails
+    loudly in ``from_pretrained`` rather than being scored against the wrong classes.
+    """
+    from transformers import AutoConfig
+
+    if not label_names:
+        return {}
+    config = AutoConfig.from_pretrained(path)
+    if set(label_names) <= {str(k) for k in (config.label2id or {})}:
+        return {}
+    names = sorted(label_names)
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+def _string_labels(path: str, label_column: str) -> Optional[list[str]]:
+    raw = _load_raw(path)
+    if label_column not in raw.column_names:
+        raise ValueError(
+            f"--label_column: {label_column!r} is not a column of {path} (columns: {raw.column_names})."
+        )
+    values = raw.unique(label_column)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return None
+    return [str(v) for v in values]
+
+
+def _load_model(path: str, task: str, overrides: Optional[dict] = None):
+    """The model for ``task`` and the names of weights the checkpoint lacks (an untrained head): reported,
+    not hidden."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from .checkpoint import is_compact, load_sparse
 
     cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
+    overrides = overrides or {}
     if os.path.isdir(path) and is_compact(path):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(path)
-        concrete = cls._model_mapping[type(config)]
-        return load_sparse(path, concrete), []
-    model, info = cls.from_pretrained(path, output_loading_info=True)
+        concrete = cls._model_mapping[type(AutoConfig.from_pretrained(path))]
+        model, info = load_sparse(path, concrete, output_loading_info=True, **overrides)
+    else:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **overrides)
     return model, sorted(info.get("missing_keys") or [])
 
 
-def run_sweep(models: Sequence[str], levels: Sequence, *, task: str, validation_file: str,
-              output_dir: Optional[str] = None, scope: str = "global", targets=None,
-              max_eval_samples: Optional[int] = None, max_seq_length: int = 128, batch_size: int = 32,
-              metric: Optional[str] = None, model_names: Optional[Sequence[str]] = None,
-              line_by_line: bool = False, text_column: Optional[str] = None,
-              text_pair_column: Optional[str] = None, label_column: str = "label",
-              mlm_probability: float = 0.15, seed: int = 0, progress: bool = True,
-              print_fn: Callable = print) -> dict:
+def run_sweep(
+    models: Sequence[str],
+    levels: Sequence,
+    *,
+    task: str,
+    validation_file: str,
+    output_dir: Optional[str] = None,
+    scope: str = "global",
+    targets=None,
+    max_eval_samples: Optional[int] = None,
+    max_seq_length: int = 128,
+    batch_size: int = 32,
+    metric: Optional[str] = None,
+    model_names: Optional[Sequence[str]] = None,
+    line_by_line: bool = False,
+    text_column: Optional[str] = None,
+    text_pair_column: Optional[str] = None,
+    label_column: str = "label",
+    mlm_probability: float = 0.15,
+    seed: int = 0,
+    progress: bool = True,
+    print_fn: Callable = print,
+) -> dict:
     """Sweep every model over every level; write ``sweep.json``, ``sweep.csv`` and ``sweep.png`` to
     ``output_dir`` (if given) and return the sweep record."""
     from transformers import AutoTokenizer
@@ -254,10 +365,20 @@ def run_sweep(models: Sequence[str], levels: Sequence, *, task: str, validation_
     check_validation_file(validation_file, task)
     labels = _unique_labels(models, model_names)
     metrics = METRICS[task]
-    record = {"task": task, "metric": metric, "validation_file": os.path.abspath(validation_file),
-              "levels": [level_name(l) for l in levels], "scope": scope, "targets": targets,
-              "max_eval_samples": max_eval_samples, "max_seq_length": max_seq_length,
-              "models": [], "results": [], "warnings": []}
+    record = {
+        "task": task,
+        "metric": metric,
+        "validation_file": os.path.abspath(validation_file),
+        "levels": [level_name(l) for l in levels],
+        "scope": scope,
+        "targets": targets,
+        "max_eval_samples": max_eval_samples,
+        "max_seq_length": max_seq_length,
+        "models": [],
+        "results": [],
+        "warnings": [],
+    }
+    label_names = _string_labels(validation_file, label_column) if task == "classification" else None
     header = table_header(metrics)
     bar = tqdm(total=len(models) * len(levels), desc="sweep", disable=not progress, unit="level")
     write = bar.write if progress else print_fn
@@ -270,26 +391,52 @@ def run_sweep(models: Sequence[str], levels: Sequence, *, task: str, validation_
     try:
         for path, label in zip(models, labels):
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model, missing = _load_model(path, task)
+            overrides = label_config(path, label_names) if task == "classification" else {}
+            model, missing = _load_model(path, task, overrides)
             if missing:
-                msg = (f"{label}: {len(missing)} weights are not in the checkpoint and were initialised at random "
-                       f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); its scores measure "
-                       "an untrained head.")
+                msg = (
+                    f"{label}: {len(missing)} weights are not in the checkpoint and were initialised at random "
+                    f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); its scores measure "
+                    "an untrained head."
+                )
                 logger.warning(msg)
                 record["warnings"].append(msg)
-            common = dict(max_seq_length=max_seq_length, batch_size=batch_size, max_eval_samples=max_eval_samples,
-                          text_column=text_column)
+            common = dict(
+                max_seq_length=max_seq_length,
+                batch_size=batch_size,
+                max_eval_samples=max_eval_samples,
+                text_column=text_column,
+            )
             if task == "mlm":
-                evaluate = MLMEval(validation_file, tokenizer, line_by_line=line_by_line,
-                                   mlm_probability=mlm_probability, seed=seed, **common)
+                evaluate = MLMEval(
+                    validation_file,
+                    tokenizer,
+                    line_by_line=line_by_line,
+                    mlm_probability=mlm_probability,
+                    seed=seed,
+                    **common,
+                )
             else:
-                evaluate = ClassificationEval(validation_file, tokenizer, model.config, label_column=label_column,
-                                              text_pair_column=text_pair_column, **common)
+                evaluate = ClassificationEval(
+                    validation_file,
+                    tokenizer,
+                    model.config,
+                    label_column=label_column,
+                    text_pair_column=text_pair_column,
+                    **common,
+                )
             record["models"].append({"name": label, "path": path, "missing_weights": missing})
             bar.set_postfix_str(label)
             record["results"] += sweep_model(
-                model, levels, evaluate, scope=scope, targets=targets, label=label,
-                on_row=lambda row: write(table_row(row, metrics)), bar=bar)
+                model,
+                levels,
+                evaluate,
+                scope=scope,
+                targets=targets,
+                label=label,
+                on_row=lambda row: write(table_row(row, metrics)),
+                bar=bar,
+            )
             del model
     finally:
         bar.close()
@@ -302,6 +449,7 @@ def run_sweep(models: Sequence[str], levels: Sequence, *, task: str, validation_
 
 # --------------------------------------------------------------------------------------------- outputs
 
+
 def table_header(metrics: Sequence[str]) -> str:
     cols = ["model", "level", "sparsity"] + list(metrics)
     widths = [24, 6, 9] + [11] * len(metrics)
@@ -309,8 +457,14 @@ def table_header(metrics: Sequence[str]) -> str:
 
 
 def table_row(row: dict, metrics: Sequence[str]) -> str:
-    cells = [str(row["model"])[:24].ljust(24), row["level"].ljust(6), f"{100 * row['achieved_sparsity']:.1f}%".ljust(9)]
-    cells += [f"{row[m]:.4f}".ljust(11) if isinstance(row.get(m), (int, float)) else "".ljust(11) for m in metrics]
+    cells = [
+        str(row["model"])[:24].ljust(24),
+        row["level"].ljust(6),
+        f"{100 * row['achieved_sparsity']:.1f}%".ljust(9),
+    ]
+    cells += [
+        f"{row[m]:.4f}".ljust(11) if isinstance(row.get(m), (int, float)) else "".ljust(11) for m in metrics
+    ]
     return "  ".join(cells)
 
 
@@ -321,8 +475,18 @@ def format_table(record: dict) -> str:
 
 def write_csv(record: dict, path: str) -> None:
     metrics = METRICS[record["task"]]
-    fields = ["model", "level", "pattern", "sparsity", "achieved_sparsity", "model_sparsity", *metrics,
-              "samples", "prune_seconds", "eval_seconds"]
+    fields = [
+        "model",
+        "level",
+        "pattern",
+        "sparsity",
+        "achieved_sparsity",
+        "model_sparsity",
+        *metrics,
+        "samples",
+        "prune_seconds",
+        "eval_seconds",
+    ]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -344,20 +508,42 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
     patterns = sorted({r["pattern"] for r in record["results"] if r["pattern"]})
     for i, name in enumerate(models):
         color = f"C{i}"
-        rows = [r for r in record["results"] if r["model"] == name and isinstance(r.get(metric), (int, float))
-                and math.isfinite(r[metric])]
+        rows = [
+            r
+            for r in record["results"]
+            if r["model"] == name and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
+        ]
         line = sorted((r for r in rows if not r["pattern"]), key=lambda r: r["achieved_sparsity"])
         if line:
-            ax.plot([100 * r["achieved_sparsity"] for r in line], [r[metric] for r in line], "o-", color=color,
-                    label=f"{name} (magnitude)")
+            ax.plot(
+                [100 * r["achieved_sparsity"] for r in line],
+                [r[metric] for r in line],
+                "o-",
+                color=color,
+                label=f"{name} (magnitude)",
+            )
         for r in (r for r in rows if r["pattern"]):
             idx = patterns.index(r["pattern"])
             # 2:4 and 4:8 share a sparsity (50 %): shrink later markers and stagger labels so both show.
-            ax.plot(100 * r["achieved_sparsity"], r[metric], markers[idx % len(markers)], color=color,
-                    markersize=max(14 - 4 * idx, 6), markeredgecolor="black", linestyle="none",
-                    label=f"{name} ({r['pattern']})", zorder=3 + idx)
-            ax.annotate(r["pattern"], (100 * r["achieved_sparsity"], r[metric]), textcoords="offset points",
-                        xytext=(10, -4) if idx % 2 == 0 else (-32, -4), fontsize=9, color=color)
+            ax.plot(
+                100 * r["achieved_sparsity"],
+                r[metric],
+                markers[idx % len(markers)],
+                color=color,
+                markersize=max(14 - 4 * idx, 6),
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"{name} ({r['pattern']})",
+                zorder=3 + idx,
+            )
+            ax.annotate(
+                r["pattern"],
+                (100 * r["achieved_sparsity"], r[metric]),
+                textcoords="offset points",
+                xytext=(10, -4) if idx % 2 == 0 else (-32, -4),
+                fontsize=9,
+                color=color,
+            )
     ax.margins(y=0.15)  # room for the N:M labels
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel(metric + ("" if HIGHER_IS_BETTER.get(metric, True) else " (lower is better)"))

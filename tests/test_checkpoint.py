@@ -80,7 +80,10 @@ def test_compact_round_trip_is_bit_exact(tmp_path, level):
     assert type(loaded) is BertForMaskedLM
     assert_bitwise_equal(model, loaded)
     # the tie of the MLM decoder to the word embeddings survives
-    assert loaded.cls.predictions.decoder.weight.data_ptr() == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        loaded.cls.predictions.decoder.weight.data_ptr()
+        == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
     # no model.safetensors: plain from_pretrained fails loudly instead of initialising random targets
     with pytest.raises(OSError):
         AutoModelForMaskedLM.from_pretrained(tmp_path / "c")

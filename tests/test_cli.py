@@ -21,10 +21,16 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     tok = make_tiny_tokenizer(root / "tok")
     out = {}
-    for name, cls, seed, extra in (("mlm_a", BertForMaskedLM, 0, {}), ("mlm_b", BertForMaskedLM, 1, {}),
-                                   ("clf", BertForSequenceClassification, 2,
-                                    {"num_labels": 2, "id2label": {0: "neg", 1: "pos"},
-                                     "label2id": {"neg": 0, "pos": 1}})):
+    for name, cls, seed, extra in (
+        ("mlm_a", BertForMaskedLM, 0, {}),
+        ("mlm_b", BertForMaskedLM, 1, {}),
+        (
+            "clf",
+            BertForSequenceClassification,
+            2,
+            {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}},
+        ),
+    ):
         torch.manual_seed(seed)
         model = cls(tiny_bert_config(vocab_size=len(tok), **extra))
         model.save_pretrained(root / name)
@@ -49,8 +55,12 @@ def _state(path):
 
 
 def test_help_on_every_command(capsys):
-    for argv, expected in ((["--help"], "prune"), (["prune", "--help"], "--overwrite_output_dir"),
-                           (["sweep", "--help"], "--validation_file"), (["push", "--help"], "--repo_id")):
+    for argv, expected in (
+        (["--help"], "prune"),
+        (["prune", "--help"], "--overwrite_output_dir"),
+        (["sweep", "--help"], "--validation_file"),
+        (["push", "--help"], "--repo_id"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
@@ -59,7 +69,12 @@ def test_help_on_every_command(capsys):
 
 def test_prune_writes_a_checkpoint_plain_from_pretrained_reads(models, tmp_path, capsys):
     out = tmp_path / "p70"
-    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.7", "--scope", "layer", "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            ["prune", str(models["mlm_a"]), "--sparsity", "0.7", "--scope", "layer", "--output_dir", str(out)]
+        )
+        == 0
+    )
     assert "magnitude 0.7 (layer)" in capsys.readouterr().out
     config = json.loads((out / SPARSITY_CONFIG).read_text())
     assert (config["level"], config["scope"], config["method"]) == ("0.7", "layer", "magnitude")
@@ -80,27 +95,44 @@ def test_prune_writes_a_checkpoint_plain_from_pretrained_reads(models, tmp_path,
 
 def test_prune_compact_nm_with_custom_targets(models, tmp_path):
     out = tmp_path / "c24"
-    assert main(["prune", str(models["mlm_a"]), "--sparsity", "2:4", "--targets", r"intermediate\.dense\.weight$",
-                 r"output\.dense\.weight$", "--compact", "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(models["mlm_a"]),
+                "--sparsity",
+                "2:4",
+                "--targets",
+                r"intermediate\.dense\.weight$",
+                r"output\.dense\.weight$",
+                "--compact",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert os.path.isfile(out / COMPACT_WEIGHTS) and not os.path.exists(out / "model.safetensors")
     config = json.loads((out / SPARSITY_CONFIG).read_text())
     assert config["pattern"] == "2:4" and config["target_rule"] == "regex" and len(config["targets"]) == 6
-    model = load_sparse(out)
+    load_sparse(out)  # verifies the pattern and the per-matrix zeros
     assert config["achieved"]["target_sparsity"] == 0.5
     # pruning a compact checkpoint again goes through load_sparse
     assert main(["prune", str(out), "--sparsity", "0.8", "--output_dir", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / SPARSITY_CONFIG).read_text())
     assert again["base_model"] == str(models["mlm_a"])  # the original base, not the intermediate folder
-    assert model is not None
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--sparsity", "1.0"], "sparsity must be in"),
-    (["--sparsity", "3:2"], "0 < N < M"),
-    (["--sparsity", "0.5", "--targets", "no_such_weight"], "matches no parameter"),
-    (["--sparsity", "0.5", "--targets", "("], "not a valid regular expression"),
-    (["--sparsity", "0.5", "--push_to_hub", "not a repo"], "ORG/NAME"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--sparsity", "1.0"], "sparsity must be in"),
+        (["--sparsity", "3:2"], "0 < N < M"),
+        (["--sparsity", "0.5", "--targets", "no_such_weight"], "matches no parameter"),
+        (["--sparsity", "0.5", "--targets", "("], "not a valid regular expression"),
+        (["--sparsity", "0.5", "--push_to_hub", "not a repo"], "ORG/NAME"),
+    ],
+)
 def test_prune_refusals_write_nothing(models, tmp_path, capsys, extra, match):
     out = tmp_path / "out"
     assert main(["prune", str(models["mlm_a"]), "--output_dir", str(out), *extra]) == 2
@@ -120,23 +152,61 @@ def test_prune_refuses_a_model_dir_without_weights_and_a_non_empty_output(models
     assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.5", "--output_dir", str(busy)]) == 2
     assert "--overwrite_output_dir" in capsys.readouterr().err
     assert os.listdir(busy) == ["notes.txt"]
-    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.5", "--output_dir", str(busy),
-                 "--overwrite_output_dir"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(models["mlm_a"]),
+                "--sparsity",
+                "0.5",
+                "--output_dir",
+                str(busy),
+                "--overwrite_output_dir",
+            ]
+        )
+        == 0
+    )
     assert os.path.isfile(busy / SPARSITY_CONFIG) and not os.path.exists(busy / "notes.txt")
 
 
 def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path, capsys):
     out = tmp_path / "sweep"
     before = _state(models["mlm_a"])
-    rc = main(["sweep", str(models["mlm_a"]), str(models["mlm_b"]), "--validation_file", str(models["text"]),
-               "--task", "mlm", "--sparsities", "0.9", "0", "0.5", "2:4", "4:8", "--max_seq_length", "16",
-               "--batch_size", "8", "--output_dir", str(out), "--disable_tqdm", "--model_names", "A", "B"])
+    rc = main(
+        [
+            "sweep",
+            str(models["mlm_a"]),
+            str(models["mlm_b"]),
+            "--validation_file",
+            str(models["text"]),
+            "--task",
+            "mlm",
+            "--sparsities",
+            "0.9",
+            "0",
+            "0.5",
+            "2:4",
+            "4:8",
+            "--max_seq_length",
+            "16",
+            "--batch_size",
+            "8",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "--model_names",
+            "A",
+            "B",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "2:4" in printed
     record = json.loads((out / "sweep.json").read_text())
     rows = record["results"]
-    assert [(r["model"], r["level"]) for r in rows] == [(m, lv) for m in "AB" for lv in ("0.9", "0", "0.5", "2:4", "4:8")]
+    assert [(r["model"], r["level"]) for r in rows] == [
+        (m, lv) for m in "AB" for lv in ("0.9", "0", "0.5", "2:4", "4:8")
+    ]
     for r in rows:
         assert r["achieved_sparsity"] == pytest.approx(r["sparsity"], abs=1 / 4096)  # round(s*n) of 4096
         assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item(), rel=1e-6)
@@ -145,14 +215,19 @@ def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path
 
     from transformers import AutoTokenizer
 
-    dense = MLMEval(str(models["text"]), AutoTokenizer.from_pretrained(models["mlm_a"]), max_seq_length=16,
-                    batch_size=8)(AutoModelForMaskedLM.from_pretrained(models["mlm_a"]))
+    dense = MLMEval(
+        str(models["text"]), AutoTokenizer.from_pretrained(models["mlm_a"]), max_seq_length=16, batch_size=8
+    )(AutoModelForMaskedLM.from_pretrained(models["mlm_a"]))
     assert rows[1]["loss"] == pytest.approx(dense["loss"], rel=1e-6)
     assert rows[0]["loss"] != pytest.approx(rows[1]["loss"])
     assert all(torch.equal(v, before[k]) for k, v in _state(models["mlm_a"]).items())
     with open(out / "sweep.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 10 and table[3]["pattern"] == "2:4" and float(table[0]["achieved_sparsity"]) == rows[0]["achieved_sparsity"]
+    assert (
+        len(table) == 10
+        and table[3]["pattern"] == "2:4"
+        and float(table[0]["achieved_sparsity"]) == rows[0]["achieved_sparsity"]
+    )
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "sweep.png").stat().st_size > 10_000
 
@@ -162,9 +237,26 @@ def test_classification_sweep_reports_accuracy_and_macro_f1(models, tmp_path):
     from transformers import AutoTokenizer
 
     out = tmp_path / "clf"
-    rc = main(["sweep", str(models["clf"]), "--validation_file", str(models["csv"]), "--task", "classification",
-               "--sparsities", "0", "0.7", "--output_dir", str(out), "--disable_tqdm", "--metric", "f1",
-               "--max_eval_samples", "20"])
+    rc = main(
+        [
+            "sweep",
+            str(models["clf"]),
+            "--validation_file",
+            str(models["csv"]),
+            "--task",
+            "classification",
+            "--sparsities",
+            "0",
+            "0.7",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "--metric",
+            "f1",
+            "--max_eval_samples",
+            "20",
+        ]
+    )
     assert rc == 0
     record = json.loads((out / "sweep.json").read_text())
     dense = record["results"][0]
@@ -176,7 +268,11 @@ def test_classification_sweep_reports_accuracy_and_macro_f1(models, tmp_path):
         rows = list(csv.DictReader(f))[:20]
     gold = [{"neg": 0, "pos": 1}[r["label"]] for r in rows]
     with torch.no_grad():
-        pred = model(**tok([r["text"] for r in rows], padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+        pred = (
+            model(**tok([r["text"] for r in rows], padding=True, return_tensors="pt"))
+            .logits.argmax(-1)
+            .tolist()
+        )
     assert dense["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, gold)) / 20)
     assert dense["f1"] == pytest.approx(f1_score(gold, pred, average="macro"))
     assert os.path.isfile(out / "sweep.png") and os.path.isfile(out / "sweep.csv")
@@ -191,6 +287,54 @@ def test_sweep_refusals(models, tmp_path, capsys):
     assert main(base + ["--validation_file", str(models["text"]), "--sparsities", "0.5", "1.5"]) == 2
     assert "sparsity must be in" in capsys.readouterr().err
     assert main(base + ["--validation_file", str(models["text"]), "--metric", "f1"]) == 2
-    assert main(["sweep", str(tmp_path / "nope"), "--validation_file", str(models["text"]),
-                 "--output_dir", str(tmp_path / "s")]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                str(tmp_path / "nope"),
+                "--validation_file",
+                str(models["text"]),
+                "--output_dir",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "s").exists()
+
+
+def test_classification_sweep_of_an_encoder_without_head_uses_the_data_classes(models, tmp_path):
+    from transformers import BertModel
+
+    encoder = tmp_path / "encoder"
+    BertModel(tiny_bert_config(vocab_size=128)).save_pretrained(encoder)
+    make_tiny_tokenizer(encoder)
+    data = tmp_path / "three.csv"
+    with open(data, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([("the cat sat", "a"), ("a dog", "b"), ("the house", "c"), ("good day", "a")])
+    out = tmp_path / "s"
+    assert (
+        main(
+            [
+                "sweep",
+                str(encoder),
+                "--validation_file",
+                str(data),
+                "--task",
+                "classification",
+                "--sparsities",
+                "0",
+                "0.5",
+                "--output_dir",
+                str(out),
+                "--disable_tqdm",
+            ]
+        )
+        == 0
+    )
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["models"][0]["missing_weights"] == ["classifier.bias", "classifier.weight"]
+    assert "untrained head" in record["warnings"][0]
+    assert [r["samples"] for r in record["results"]] == [4, 4]

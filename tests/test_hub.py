@@ -64,8 +64,15 @@ class FakeHub:
                     return self._reply(200, {"errors": [], "warnings": []})
                 if parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "preupload":
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                    return self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                for f in files
+                            ]
+                        },
+                    )
                 if parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "commit":
                     repo = f"{parts[2]}/{parts[3]}"
                     for line in body.splitlines():
@@ -73,8 +80,9 @@ class FakeHub:
                         if item["key"] == "file":
                             content = base64.b64decode(item["value"]["content"])
                             hub_.files.setdefault(repo, {})[item["value"]["path"]] = content
-                    return self._reply(200, {"commitUrl": f"{hub_.url}/{repo}/commit/{'a' * 40}",
-                                             "commitOid": "a" * 40})
+                    return self._reply(
+                        200, {"commitUrl": f"{hub_.url}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40}
+                    )
                 return self._reply(404, {"error": f"no route {self.path}"})
 
             do_GET = do_PUT = do_POST
@@ -140,9 +148,14 @@ def test_model_card_for_magnitude_compact_local_base_with_sweep(tmp_path):
     base = tmp_path / "base_model_dir"
     base.mkdir()
     folder = _checkpoint(tmp_path, 0.7, base_model=str(base), compact=True)
-    sweep = {"task": "mlm", "validation_file": "/data/valid.txt", "results": [
-        {"model": "dense", "level": "0", "achieved_sparsity": 0.0, "accuracy": 0.51, "loss": 2.5},
-        {"model": "dense", "level": "0.7", "achieved_sparsity": 0.7, "accuracy": 0.42, "loss": 3.25}]}
+    sweep = {
+        "task": "mlm",
+        "validation_file": "/data/valid.txt",
+        "results": [
+            {"model": "dense", "level": "0", "achieved_sparsity": 0.0, "accuracy": 0.51, "loss": 2.5},
+            {"model": "dense", "level": "0.7", "achieved_sparsity": 0.7, "accuracy": 0.42, "loss": 3.25},
+        ],
+    }
     (folder / "sweep.json").write_text(json.dumps(sweep))
     card = model_card(folder)
     meta = _front_matter(card)
@@ -227,9 +240,21 @@ def test_cli_push_and_prune_with_push_to_hub(tmp_path, fake_hub, monkeypatch, ca
     folder = _checkpoint(tmp_path)
     sweep = tmp_path / "elsewhere" / "sweep.json"
     sweep.parent.mkdir()
-    sweep.write_text(json.dumps({"task": "classification", "validation_file": "dev.csv", "results": [
-        {"model": "cram", "level": "2:4", "achieved_sparsity": 0.5, "accuracy": 0.875, "f1": 0.75}]}))
-    assert main(["push", str(folder), "--repo_id", "me/pushed", "--token", TOKEN, "--sweep_file", str(sweep)]) == 0
+    sweep.write_text(
+        json.dumps(
+            {
+                "task": "classification",
+                "validation_file": "dev.csv",
+                "results": [
+                    {"model": "cram", "level": "2:4", "achieved_sparsity": 0.5, "accuracy": 0.875, "f1": 0.75}
+                ],
+            }
+        )
+    )
+    assert (
+        main(["push", str(folder), "--repo_id", "me/pushed", "--token", TOKEN, "--sweep_file", str(sweep)])
+        == 0
+    )
     sent = fake_hub.files["me/pushed"]
     assert "| cram | 2:4 | 50.0 % | 0.875 | 0.75 |" in sent["README.md"].decode()
     assert sent["sweep.json"] == sweep.read_bytes()
@@ -241,8 +266,21 @@ def test_cli_push_and_prune_with_push_to_hub(tmp_path, fake_hub, monkeypatch, ca
     torch.manual_seed(1)
     BertForMaskedLM(tiny_bert_config()).save_pretrained(model_dir)
     make_tiny_tokenizer(model_dir)
-    rc = main(["prune", str(model_dir), "--sparsity", "0.5", "--output_dir", str(tmp_path / "p"),
-               "--push_to_hub", "me/pruned", "--private", "--token", TOKEN])
+    rc = main(
+        [
+            "prune",
+            str(model_dir),
+            "--sparsity",
+            "0.5",
+            "--output_dir",
+            str(tmp_path / "p"),
+            "--push_to_hub",
+            "me/pruned",
+            "--private",
+            "--token",
+            TOKEN,
+        ]
+    )
     assert rc == 0
     sent = fake_hub.files["me/pruned"]
     assert {"config.json", "model.safetensors", "sparsity_config.json", "README.md"} <= set(sent)
@@ -256,8 +294,18 @@ def test_cli_prune_with_push_but_no_token_fails_before_loading(tmp_path, monkeyp
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     model_dir = tmp_path / "dense"
     BertForMaskedLM(tiny_bert_config()).save_pretrained(model_dir)
-    rc = main(["prune", str(model_dir), "--sparsity", "0.5", "--output_dir", str(tmp_path / "p"),
-               "--push_to_hub", "me/pruned"])
+    rc = main(
+        [
+            "prune",
+            str(model_dir),
+            "--sparsity",
+            "0.5",
+            "--output_dir",
+            str(tmp_path / "p"),
+            "--push_to_hub",
+            "me/pruned",
+        ]
+    )
     assert rc == 2 and "No Hugging Face token" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
@@ -266,4 +314,5 @@ def test_write_model_card_only_when_asked(tmp_path):
     folder = _checkpoint(tmp_path)
     assert not (folder / "README.md").exists()
     path = hub.write_model_card(folder, "me/x")
-    assert open(path).read() == model_card(folder, "me/x")
+    with open(path) as f:
+        assert f.read() == model_card(folder, "me/x")

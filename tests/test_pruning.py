@@ -97,7 +97,10 @@ def test_nm_keeps_the_n_largest_of_every_m_inputs(pattern, n, m):
         assert ((groups != 0).sum(1) == n).all()  # random weights: exactly n survivors per group
         orig = before[name].reshape(-1, m).abs()
         top = orig.topk(n, dim=1).indices
-        assert torch.equal((groups != 0).sort(1).values, torch.zeros_like(groups, dtype=torch.bool).scatter(1, top, True).sort(1).values)
+        assert torch.equal(
+            (groups != 0).sort(1).values,
+            torch.zeros_like(groups, dtype=torch.bool).scatter(1, top, True).sort(1).values,
+        )
         assert torch.equal(groups.gather(1, top), before[name].reshape(-1, m).gather(1, top))
     assert report.target_zeros == report.target_numel * (m - n) // m
 
@@ -122,14 +125,17 @@ def test_custom_targets_only_touch_matching_matrices():
             assert torch.equal(after[k], v), k
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(sparsity=1.0), r"\[0, 1\)"),
-    (dict(sparsity="3:2"), "0 < N < M"),
-    (dict(sparsity="2:x"), "N:M"),
-    (dict(sparsity=0.5, targets=["no_such_parameter"]), "matches no parameter"),
-    (dict(sparsity=0.5, targets=[r"LayerNorm\.bias"]), "2-D"),
-    (dict(sparsity=0.5, scope="row"), "scope"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sparsity=1.0), r"\[0, 1\)"),
+        (dict(sparsity="3:2"), "0 < N < M"),
+        (dict(sparsity="2:x"), "N:M"),
+        (dict(sparsity=0.5, targets=["no_such_parameter"]), "matches no parameter"),
+        (dict(sparsity=0.5, targets=[r"LayerNorm\.bias"]), "2-D"),
+        (dict(sparsity=0.5, scope="row"), "scope"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_changes(kwargs, match):
     model = _model()
     before = _snapshot(model)
