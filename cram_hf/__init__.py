@@ -1,32 +1,48 @@
-"""CrAM (compression-aware minimizer) for Hugging Face Transformers."""
+"""CrAM (compression-aware minimizer) for Hugging Face Transformers.
+
+The public names below are imported on first use, so ``cram-hf --help`` and ``import cram_hf`` do not pay
+for importing torch and transformers up front.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_sparse, save_sparse
-from .compression import compression_masks, kth_smallest_abs, magnitude_masks, nm_mask, parse_level
-from .config import CrAMConfig
-from .cram_step import CrAM
-from .pruning import SparsityReport, prune, sparsity_report
-from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
-from .targets import default_target_names, target_names
-from .trainer import CrAMTrainer
+_EXPORTS = {
+    "CrAM": "cram_step",
+    "CrAMConfig": "config",
+    "CrAMTrainer": "trainer",
+    "CrAMTrainerForMaskedLM": "mlm",
+    "KeepSparsityCallback": "sparse_finetune",
+    "keep_sparsity_callback": "sparse_finetune",
+    "SparsityReport": "pruning",
+    "prune": "pruning",
+    "sparsity_report": "pruning",
+    "save_sparse": "checkpoint",
+    "load_sparse": "checkpoint",
+    "push_to_hub": "hub",
+    "model_card": "hub",
+    "HubError": "hub",
+    "run_sweep": "sweep",
+    "compression_masks": "compression",
+    "kth_smallest_abs": "compression",
+    "magnitude_masks": "compression",
+    "nm_mask": "compression",
+    "parse_level": "compression",
+    "default_target_names": "targets",
+    "target_names": "targets",
+}
 
-__all__ = [
-    "CrAM",
-    "CrAMConfig",
-    "CrAMTrainer",
-    "KeepSparsityCallback",
-    "SparsityReport",
-    "compression_masks",
-    "default_target_names",
-    "keep_sparsity_callback",
-    "kth_smallest_abs",
-    "load_sparse",
-    "magnitude_masks",
-    "nm_mask",
-    "parse_level",
-    "prune",
-    "save_sparse",
-    "sparsity_report",
-    "target_names",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
