@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import importlib.util
+import json
 import random
 import sys
 import tempfile
@@ -64,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: 300 articles, a few steps.")
+    p.add_argument("--from_json", default=None,
+                   help="Rewrite the table and plot from a bbc_transfer.json of an earlier run; no training.")
     args = p.parse_args(argv)
     for v in args.levels + args.finetune_levels + args.cram_sparsities:
         parse_level(v, "level")
@@ -227,7 +230,13 @@ def markdown(result: dict) -> str:
         f"Sparse FT: pruned copy fine-tuned {cfg['finetune_steps']} more steps at lr {cfg['finetune_learning_rate']} "
         "with the mask held by KeepSparsityCallback (zero pattern verified identical afterwards).",
         f"Time on {cfg['threads']} CPU threads: AdamW {t['adamw']['steps_per_second']:.2f} steps/s, CrAM+ "
-        f"{t['cram']['steps_per_second']:.2f} steps/s; whole benchmark {result['seconds'] / 60:.1f} min. One seed.",
+        f"{t['cram']['steps_per_second']:.2f} steps/s; whole benchmark {result['seconds'] / 60:.1f} min"
+        + (f" (1-min load average {result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at the "
+           f"end, of which the benchmark's own {cfg['threads']} threads account for about {cfg['threads']}; more "
+           "means other jobs shared the CPU)" if result.get("load_average") else "") + ". One seed.",
+        *([result["note"]] if result.get("note") else []),
+        "",
+        f"Command: `{result.get('command') or 'python benchmarks/bench_bbc_transfer.py --output_dir ' + cfg['output_dir']}`",
     ]
     return "\n".join(rows + notes) + "\n"
 
@@ -243,17 +252,17 @@ def plot(result: dict, path: str) -> None:
     patterns = [lv for lv in levels if isinstance(parse_level(lv), tuple)]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = {"adamw": ("AdamW", "tab:blue", "o"), "cram": ("CrAM+ Multi", "tab:red", "s")}
-    x_nm = {lv: 1.0 + 0.07 * (i + 1) for i, lv in enumerate(patterns)}  # N:M placed apart, right of 90 %
-    for key, (label, color, marker) in styles.items():
+    x_nm = {lv: 1.0 + 0.1 * (i + 1) for i, lv in enumerate(patterns)}  # N:M placed apart, right of 90 %
+    for shift, (key, (label, color, marker)) in zip((-0.012, 0.012), styles.items()):
         res = result["oneshot"][key]
         xs = [0.0] + [float(lv) for lv in magnitude]
         ys = [res["dense"]["accuracy"]] + [res[lv]["accuracy"] for lv in magnitude]
         ax.plot(xs, ys, marker=marker, color=color, label=f"{label}, one-shot")
         for lv in patterns:
-            ax.plot([x_nm[lv]], [res[lv]["accuracy"]], marker=marker, color=color, linestyle="none",
+            ax.plot([x_nm[lv] + shift], [res[lv]["accuracy"]], marker=marker, color=color, linestyle="none",
                     markerfacecolor="white", markersize=9)
         for lv, r in ((lv.split("@")[1], r) for lv, r in result["sparse_finetune"].items() if lv.startswith(key + "@")):
-            x = x_nm.get(lv, None) if lv in x_nm else float(lv)
+            x = (x_nm[lv] if lv in x_nm else float(lv)) + shift
             ax.plot([x], [r["finetuned"]["accuracy"]], marker="*", color=color, markersize=14, linestyle="none")
     ax.plot([], [], marker="*", color="gray", linestyle="none", markersize=12, label="pruned + sparse fine-tuning")
     ax.plot([], [], marker="o", color="gray", markerfacecolor="white", linestyle="none", label="N:M pattern")
@@ -274,8 +283,22 @@ def plot(result: dict, path: str) -> None:
 
 # --- main ---------------------------------------------------------------------------------------------------
 
+def write_report(result: dict, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    table = markdown(result)
+    write_json(os.path.join(output_dir, "bbc_transfer.json"), result)
+    write_text(os.path.join(output_dir, "bbc_transfer.md"), table)
+    plot(result, os.path.join(output_dir, "bbc_transfer.png"))
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+        print(write_report(result, args.output_dir))
+        return result
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     try:
@@ -299,7 +322,9 @@ def main(argv=None):
         torch.manual_seed(args.seed)  # the same classifier head initialisation for both runs
         return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(classes))
 
-    result = {"config": vars(args), "data": {"train": len(train_docs), "test": len(test_docs), "classes": classes},
+    load_start = os.getloadavg()[0]
+    result = {"command": " ".join(["python", "benchmarks/bench_bbc_transfer.py", *(sys.argv[1:] if argv is None else argv)]),
+              "config": vars(args), "data": {"train": len(train_docs), "test": len(test_docs), "classes": classes},
               "oneshot": {}, "sparse_finetune": {}, "timing": {}}
     with tempfile.TemporaryDirectory() as workdir:
         models = {}
@@ -318,12 +343,9 @@ def main(argv=None):
                 result["sparse_finetune"][f"{key}@{level}"] = sparse_finetune(
                     model, level, train_set, batches, tokenizer, args, name=f"{key}@{level}", workdir=workdir)
     result["seconds"] = time.time() - t0
+    result["load_average"] = [load_start, os.getloadavg()[0]]
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    table = markdown(result)
-    write_json(os.path.join(args.output_dir, "bbc_transfer.json"), result)
-    write_text(os.path.join(args.output_dir, "bbc_transfer.md"), table)
-    plot(result, os.path.join(args.output_dir, "bbc_transfer.png"))
+    table = write_report(result, args.output_dir)
     print(table)
     log(f"done in {result['seconds'] / 60:.1f} min; wrote bbc_transfer.{{json,md,png}} to {args.output_dir}")
     return result

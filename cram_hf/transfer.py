@@ -218,33 +218,30 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON to a temporary file next to ``path``, then move it into place, so a reader never
-    sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def write_text(path: str, text: str) -> None:
-    """Like :func:`write_json` for text."""
+def _atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then move it into place, so a reader never sees
+    half a file. The file gets the usual permissions (``mkstemp`` would leave it private)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as indented JSON at ``path``, written atomically."""
+    _atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` at ``path``, written atomically."""
+    _atomic_write(path, text)
