@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .arguments import none_to_empty
 from .compression import SCOPES, level_name, level_sparsity, parse_level
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
@@ -61,6 +62,7 @@ class SparseTransferArguments:
     def __post_init__(self):
         if isinstance(self.eval_sparsities, (str, float, int)):
             self.eval_sparsities = [self.eval_sparsities]
+        self.eval_sparsities = none_to_empty(self.eval_sparsities)
         self.eval_sparsities = [level_name(parse_level(v, "eval_sparsities")) for v in self.eval_sparsities or []]
         if self.eval_sparsity_scope not in SCOPES:
             raise ValueError(f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}.")
@@ -90,6 +92,7 @@ class FinetuneConfig(CrAMConfig):
     )
 
     def __post_init__(self):
+        self.cram_sparsities = none_to_empty(self.cram_sparsities)  # "--cram_sparsities none": explicitly none
         rho_given, levels_given = self.cram_rho is not None, self.cram_sparsities is not None
         if not rho_given:
             self.cram_rho = _CRAM_DEFAULT_RHO if levels_given and self.cram_sparsities else 0.0

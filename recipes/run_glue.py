@@ -16,7 +16,7 @@ Metrics are computed locally (``cram_hf.metrics``), so only GLUE's data needs th
         --max_seq_length 128 --per_device_train_batch_size 32 --learning_rate 2e-5 --num_train_epochs 3 \\
         --output_dir out/rte --eval_sparsities 0.7 0.8 0.9
 
-    python recipes/run_glue.py config.yaml     # or config.json: the same keys as the flags
+    python recipes/run_glue.py config.yaml --max_steps 10   # a config file (or .json), flags override it
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from transformers import (
 
 from cram_hf import CrAMTrainer
 from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
+from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -138,13 +139,9 @@ class ModelArguments:
 
 
 def parse_args(argv=None):
+    """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_args(parser, argv)
 
 
 def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:

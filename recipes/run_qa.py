@@ -52,6 +52,7 @@ from cram_hf.qa import (
     prepare_train_features,
     prepare_validation_features,
 )
+from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -127,13 +128,9 @@ class DataTrainingArguments:
 
 
 def parse_args(argv=None):
+    """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_args(parser, argv)
 
 
 def main(argv=None):

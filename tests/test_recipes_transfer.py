@@ -143,7 +143,8 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
         "report_to": "none", "save_strategy": "no", "use_cpu": True, "log_level": "warning",
     }
     (tmp_path / "args.json").write_text(json.dumps(config))
-    trainer = run_glue.main([str(tmp_path / "args.json")])
+    trainer = run_glue.main([str(tmp_path / "args.json"), "--max_steps", "2"])  # flags override the file
+    assert trainer.state.global_step == 2
     assert not trainer.cram.active  # fine-tuning default: CrAM off
     assert trainer.model.config.num_labels == 1  # float labels -> regression
     results = json.loads((out / "eval_results.json").read_text())
@@ -151,6 +152,22 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
     params = dict(trainer.model.named_parameters())
     assert not all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items())  # mask not kept
     assert not (out / "sparsity_config.json").exists()
+
+
+@pytest.mark.parametrize("flags, rho, levels", [
+    ([], 0.0, []),                                             # plain fine-tuning by default
+    (["--cram_rho", "0.1"], 0.1, [0.5, 0.6, 0.7, 0.8]),        # rho alone: CrAMConfig's default levels
+    (["--cram_sparsities", "0.5", "2:4"], 0.05, [0.5, "2:4"]),  # levels alone: CrAMConfig's default rho
+    (["--cram_sparsities", "none"], 0.0, []),
+])
+def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, levels):
+    from transformers import HfArgumentParser
+
+    from cram_hf.arguments import parse_args
+    from cram_hf.transfer import FinetuneConfig
+
+    (config,) = parse_args(HfArgumentParser(FinetuneConfig), ["--output_dir", str(tmp_path), *flags])
+    assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (rho, levels, bool(levels) or rho > 0)
 
 
 def test_glue_bad_inputs_fail_before_the_model_loads(tmp_path):
