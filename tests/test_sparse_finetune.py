@@ -191,6 +191,10 @@ if dist.get_rank() == 0:
                "pattern_kept": all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items()),
                "trained": bool((flat != torch.cat([p.reshape(-1) for p in make_model().parameters()])).any())},
               open(sys.argv[1] + "/result.json", "w"))
+# Leave the group cleanly: a rank that exits with gloo still up can abort ("terminate called without an
+# active exception") while the other is still working.
+dist.barrier()
+dist.destroy_process_group()
 '''
 
 
