@@ -64,16 +64,17 @@ def make_trainer(kind, a, steps):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForMaskedLM.from_pretrained(a.model)
-    data = blocks(tokenizer, a.seq, a.batch_size * steps)
+    data = blocks(tokenizer, a.seq, a.batch_size * a.gradient_accumulation_steps * steps)
     common = dict(output_dir="/tmp/bench-step", max_steps=steps, per_device_train_batch_size=a.batch_size,
                   learning_rate=1e-4, optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**6,
-                  disable_tqdm=True, seed=0, use_cpu=a.device == "cpu", bf16=a.bf16, dataloader_num_workers=0)
+                  disable_tqdm=True, seed=0, use_cpu=a.device == "cpu", bf16=a.bf16, dataloader_num_workers=0,
+                  gradient_accumulation_steps=a.gradient_accumulation_steps)
     collator = ReproducibleMLMCollator(tokenizer, seed=0)
     if kind == "plain":
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator)
         trainer.model_accepts_loss_kwargs = False
     else:
-        args = CrAMConfig(**common, cram_rho=0.05, cram_sparsities=a.levels)
+        args = CrAMConfig(**common, cram_rho=0.05, cram_sparsities=a.levels, cram_plus=a.cram_plus)
         trainer = CrAMTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
         trainer.cram.timing = True
     timer = StepTimer()
@@ -119,6 +120,9 @@ def main():
     p.add_argument("--levels", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "2:4"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--cram_plus", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--memory_only", action="store_true", help="skip the timing rounds")
     p.add_argument("--child", choices=["plain", "cram"], help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     a = p.parse_args()
@@ -128,7 +132,7 @@ def main():
 
     times = {"plain": [], "cram": []}
     breakdown = {}
-    for r in range(a.rounds):
+    for r in range(0 if a.memory_only else a.rounds):
         for kind in ("plain", "cram"):
             trainer, timer, _ = make_trainer(kind, a, a.steps + 1)
             trainer.train()
@@ -138,22 +142,29 @@ def main():
                     breakdown[key] = breakdown.get(key, 0.0) + sec / (a.steps + 1)
             print(f"round {r + 1}/{a.rounds} {kind}: median {statistics.median(timer.times[1:]):.3f} s/step",
                   flush=True)
-    plain, cram = statistics.median(times["plain"]), statistics.median(times["cram"])
+    plain = statistics.median(times["plain"]) if times["plain"] else float("nan")
+    cram = statistics.median(times["cram"]) if times["cram"] else float("nan")
     breakdown = {k: v / a.rounds for k, v in breakdown.items()}
 
     peaks = {}
+    # A fixed mmap threshold makes glibc return every freed block of >= 64 KiB to the system, so the peak
+    # resident set follows the peak of live tensors instead of the allocator's cache.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for kind in ("plain", "cram"):
         out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", a.model, "--seq", str(a.seq),
                               "--batch_size", str(a.batch_size), "--memory_steps", str(a.memory_steps),
-                              "--device", a.device, "--levels", *a.levels] + (["--bf16"] if a.bf16 else []),
-                             capture_output=True, text=True, check=True)
+                              "--device", a.device, "--levels", *a.levels, "--cram_plus", str(a.cram_plus),
+                              "--gradient_accumulation_steps", str(a.gradient_accumulation_steps)]
+                             + (["--bf16"] if a.bf16 else []),
+                             capture_output=True, text=True, check=True, env=env)
         peaks[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     pbytes = peaks["plain"]["param_bytes"]
     extra = (peaks["cram"]["peak"] - peaks["plain"]["peak"]) / pbytes
 
     device = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nmodel {os.path.basename(a.model.rstrip('/'))}, seq {a.seq}, batch {a.batch_size}, AdamW, {device}, "
-          f"levels {' '.join(a.levels)}")
+    print(f"\nmodel {os.path.basename(os.path.dirname(a.model.rstrip('/')))}/{os.path.basename(a.model.rstrip('/'))}, "
+          f"seq {a.seq}, batch {a.batch_size} x {a.gradient_accumulation_steps} accumulation, AdamW, {device}, "
+          f"{'CrAM+' if a.cram_plus else 'CrAM'} levels {' '.join(a.levels)}")
     print("| | plain Trainer | CrAMTrainer | ratio |\n|---|---|---|---|")
     print(f"| step time (median of {len(times['plain'])}) | {plain:.3f} s | {cram:.3f} s | {cram / plain:.2f}x |")
     work = sum(breakdown.values())

@@ -93,15 +93,17 @@ def kth_smallest_abs(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Ten
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}.")
     device = tensors[0].device
-    bits = [_abs_bits(t) for t in tensors]
+    # Bit patterns are recomputed per tensor in each round rather than kept for all tensors at once:
+    # an extra |x| pass is cheap, a second copy of every target weight is not.
     high = torch.zeros(1 << 15, dtype=torch.int64, device=device)
-    for b in bits:
-        high += torch.bincount(b >> 16, minlength=1 << 15)
+    for t in tensors:
+        high += torch.bincount(_abs_bits(t) >> 16, minlength=1 << 15)
     cum = high.cumsum(0)
     hbin = int(torch.searchsorted(cum, torch.tensor(k, device=device)))
     below_bin = int(cum[hbin - 1]) if hbin > 0 else 0
     low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
-    for b in bits:
+    for t in tensors:
+        b = _abs_bits(t)
         low += torch.bincount(b[(b >> 16) == hbin] & 0xFFFF, minlength=1 << 16)
     cum_low = low.cumsum(0)
     lbin = int(torch.searchsorted(cum_low, torch.tensor(k - below_bin, device=device)))
