@@ -43,7 +43,7 @@ class SparseTransferArguments:
         default=None,
         metadata={
             "help": "Hold the zeros of a pruned model at exactly zero while fine-tuning. Default: on when the model "
-            "is sparse (a sparsity_config.json next to it, or >= 1% exact zeros in its target matrices); "
+            "is sparse (a sparsity_config.json next to it, or >= 1%% exact zeros in its target matrices); "
             "'--keep_sparsity false' turns it off, '--keep_sparsity true' forces it."
         },
     )

@@ -3,7 +3,7 @@
 Accelerate creates no GradScaler on CPU, so the fp16 tests install torch's CPU GradScaler on the
 trainer's accelerator before training: the optimizer wrapper, clipping (unscale_) and step skipping are
 then the same code paths a GPU run takes. What only a GPU can show — fp16 autocast kernels and real
-overflows in half precision — runs in test_gpu.py when CUDA is present."""
+overflows in half precision — runs in test_gpu.py when CUDA is present (skipped otherwise)."""
 
 import pytest
 import torch
