@@ -256,7 +256,11 @@ def resolve_token(token: Optional[str] = None) -> str:
 def check_online() -> None:
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    if hasattr(constants, "is_offline_mode"):
+        offline = constants.is_offline_mode()
+    else:  # huggingface_hub < 1.0 (the transformers 4.57 stack) checks this constant on each request
+        offline = bool(constants.HF_HUB_OFFLINE)
+    if offline:
         raise HubError(
             "HF_HUB_OFFLINE is set, so huggingface_hub refuses network access; unset it to push. "
             "Nothing was uploaded."
