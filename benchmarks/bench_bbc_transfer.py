@@ -36,12 +36,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainerCallback
 
 from cram_hf import CrAMConfig, CrAMTrainer
-from cram_hf.compression import level_sparsity, parse_level
+from cram_hf.compression import parse_level
 from cram_hf.metrics import accuracy, f1
 from cram_hf.sparse_finetune import KeepSparsityCallback
 from cram_hf.transfer import pruned, write_json, write_text

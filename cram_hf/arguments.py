@@ -56,3 +56,23 @@ def parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]] = None):
             config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
         argv = _config_to_flags(config or {}, path) + argv
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args, logger) -> None:
+    """The examples' logging set-up: stdout, the process's log level on the script, cram_hf, datasets and
+    transformers loggers (quiet on non-main ranks)."""
+    import logging
+
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    logging.getLogger("cram_hf").setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info(f"Training/evaluation parameters {training_args}")

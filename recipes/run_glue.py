@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
 import numpy as np
-import transformers
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -44,6 +42,7 @@ from transformers import (
 from cram_hf import CrAMTrainer
 from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
 from cram_hf.arguments import parse_args as parse_recipe_args
+from cram_hf.arguments import setup_logging
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -180,19 +179,7 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
 def main(argv=None):
     model_args, data_args, sparse_args, training_args = parse_args(argv)
 
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("cram_hf").setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.info(f"Training/evaluation parameters {training_args}")
+    setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise ValueError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")

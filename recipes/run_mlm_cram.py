@@ -15,12 +15,10 @@ to ``eval_sparsities.json``.
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
-import transformers
 from transformers import (
     CONFIG_MAPPING,
     MODEL_FOR_MASKED_LM_MAPPING,
@@ -33,7 +31,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from cram_hf import CrAMConfig
-from cram_hf.arguments import none_to_empty, parse_args
+from cram_hf.arguments import none_to_empty, parse_args, setup_logging
 from cram_hf.compression import parse_level
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
 from cram_hf.transfer import evaluate_sparsities
@@ -177,13 +175,7 @@ def main(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, CrAMConfig))
     model_args, data_args, training_args = parse_args(parser, argv)
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.info(f"Training/evaluation parameters {training_args}")
+    setup_logging(training_args, logger)
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train:

@@ -25,12 +25,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
-import transformers
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -53,6 +51,7 @@ from cram_hf.qa import (
     prepare_validation_features,
 )
 from cram_hf.arguments import parse_args as parse_recipe_args
+from cram_hf.arguments import setup_logging
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -136,19 +135,7 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, sparse_args, training_args = parse_args(argv)
 
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("cram_hf").setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.info(f"Training/evaluation parameters {training_args}")
+    setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise ValueError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
