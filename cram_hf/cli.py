@@ -24,6 +24,11 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------- parser
 
 
+
+def _add_token_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", "--hub_token", dest="token", default=None,
+                   help="Hub token (default: HF_TOKEN / saved login).")
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_name_or_path", metavar="MODEL", help="Local model folder or Hub id.")
     p.add_argument(
@@ -66,13 +71,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="With --push_to_hub: create the repo private.",
     )
-    p.add_argument(
-        "--token",
-        "--hub_token",
-        dest="token",
-        default=None,
-        help="Hub token (default: HF_TOKEN / saved login).",
-    )
+    _add_token_argument(p)
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -150,13 +149,7 @@ def _add_push_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Create the repo private.",
     )
-    p.add_argument(
-        "--token",
-        "--hub_token",
-        dest="token",
-        default=None,
-        help="Hub token (default: HF_TOKEN / saved login).",
-    )
+    _add_token_argument(p)
     p.add_argument("--commit_message", default=None, help="Commit message of the upload.")
     p.add_argument(
         "--sweep_file",

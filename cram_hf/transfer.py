@@ -248,3 +248,21 @@ def write_json(path: str, obj) -> None:
 def write_text(path: str, text: str) -> None:
     """``text`` at ``path``, written atomically."""
     _atomic_write(path, text)
+
+
+def train_and_save(trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None) -> dict:
+    """The recipes' training block: train (resuming if asked), save the model — with its
+    ``sparsity_config.json`` when the mask was kept — and the train metrics and state. Returns the metrics,
+    which include how many pruned weights ended non-zero (0 unless something broke the mask)."""
+    args = trainer.args
+    metrics = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint).metrics
+    metrics["train_samples"] = len(train_dataset)
+    if keep_sparsity is not None:
+        metrics["train_pruned_weights_nonzero"] = keep_sparsity.violations()
+    trainer.save_model()
+    if keep_sparsity is not None and trainer.is_world_process_zero():
+        save_sparsity_config(trainer.model, args.output_dir, keep_sparsity, model_path)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics

@@ -48,8 +48,8 @@ from cram_hf.transfer import (
     SparseTransferArguments,
     check_model_path,
     evaluate_sparsities,
-    save_sparsity_config,
     setup_keep_sparsity,
+    train_and_save,
     write_text,
 )
 
@@ -327,17 +327,7 @@ def main(argv=None):
     )
 
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        if keep_sparsity is not None:
-            metrics["train_pruned_weights_nonzero"] = keep_sparsity.violations()
-        trainer.save_model()
-        if keep_sparsity is not None and trainer.is_world_process_zero():
-            save_sparsity_config(trainer.model, training_args.output_dir, keep_sparsity, model_args.model_name_or_path)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, train_dataset, keep_sparsity, model_args.model_name_or_path)
 
     def evaluate_all() -> dict:
         """Every evaluation set (MNLI: matched and mismatched, the latter's keys suffixed ``_mm``)."""
