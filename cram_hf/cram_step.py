@@ -87,7 +87,8 @@ class CrAM:
         self.plus, self.sparse_grad, self.scope, self.grad_norm = plus, sparse_grad, scope, grad_norm
         self.seed = int(seed)
         self.params = unique_trainable(model.parameters())
-        self.targets = named_targets(model, targets) if self.levels else []
+        # Resolved even without levels, so a bad regex fails here rather than when levels are added.
+        self.targets = named_targets(model, targets) if (self.levels or targets) else []
         for name, p in self.targets:
             for level in self.levels:
                 check_nm_shape(p.shape, level, name)

@@ -32,6 +32,8 @@ def test_trainer_checks_targets_against_the_model(tiny_config):
     model = BertForMaskedLM(tiny_config)
     with pytest.raises(ValueError, match="matches no parameter"):
         CrAMTrainer(model=model, args=config(cram_targets=[r"nothing_like_this"]))
+    with pytest.raises(ValueError, match="matches no parameter"):  # checked even without levels
+        CrAMTrainer(model=model, args=config(cram_targets=[r"nothing_like_this"], cram_sparsities=[]))
     with pytest.raises(ValueError, match="only 2-D"):
         CrAMTrainer(model=model, args=config(cram_targets=[r"LayerNorm"]))
     with pytest.raises(ValueError, match="not divisible by M=32"):
