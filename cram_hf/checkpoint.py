@@ -88,14 +88,23 @@ def is_compact(path) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), COMPACT_WEIGHTS))
 
 
+def sparsity_config_file(path) -> str:
+    """``path/sparsity_config.json`` for a checkpoint folder; a ``.json`` path is taken as the file itself."""
+    path = os.fspath(path)
+    return path if path.endswith(".json") else os.path.join(path, SPARSITY_CONFIG)
+
+
 def read_sparsity_config(path) -> dict:
-    file = os.path.join(os.fspath(path), SPARSITY_CONFIG)
+    file = sparsity_config_file(path)
     if not os.path.isfile(file):
         raise FileNotFoundError(
             f"{os.fspath(path)!r} has no {SPARSITY_CONFIG}; it is not a cram_hf sparse checkpoint."
         )
     with open(file) as f:
-        return json.load(f)
+        config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}.")
+    return config
 
 
 # ------------------------------------------------------------------------------------------------ save

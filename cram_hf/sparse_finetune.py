@@ -24,7 +24,6 @@ restores the weights inside ``training_step``, before any of the steps above, so
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Mapping, Optional
@@ -37,7 +36,6 @@ from .targets import Patterns, target_names
 
 logger = logging.getLogger(__name__)
 
-SPARSITY_CONFIG_NAME = "sparsity_config.json"
 # Below this fraction of exact zeros in the target matrices a model is treated as dense: trained float
 # weights are essentially never exactly zero, while any pruned model is far above it.
 MIN_SPARSITY = 0.01
@@ -54,18 +52,13 @@ def masks_from_zeros(model: nn.Module, targets: Patterns = None, names=None) -> 
 
 
 def read_sparsity_config(path) -> Optional[dict]:
-    """The ``sparsity_config.json`` of a checkpoint directory (or the file itself), or ``None``."""
-    if path is None:
+    """The ``sparsity_config.json`` of a checkpoint directory (or the file itself), or ``None`` if it has none
+    (an ordinary dense checkpoint, or a Hub id)."""
+    from .checkpoint import read_sparsity_config as read_required, sparsity_config_file
+
+    if path is None or not os.path.isfile(sparsity_config_file(path)):
         return None
-    path = str(path)
-    file = path if path.endswith(".json") else os.path.join(path, SPARSITY_CONFIG_NAME)
-    if not os.path.isfile(file):
-        return None
-    with open(file) as f:
-        config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}.")
-    return config
+    return read_required(path)
 
 
 def resolve_parameter_names(model: nn.Module, names) -> list[str]:
@@ -145,7 +138,7 @@ class KeepSparsityCallback(TrainerCallback):
         none), taken from their zeros in ``model`` (loaded from that checkpoint)."""
         config = read_sparsity_config(path)
         if config is None:
-            raise ValueError(f"{path}: no {SPARSITY_CONFIG_NAME} found; use KeepSparsityCallback.from_model.")
+            raise ValueError(f"{path}: no sparsity_config.json found; use KeepSparsityCallback.from_model.")
         names = config.get("targets")
         names = resolve_parameter_names(model, names) if names else target_names(model)
         return cls(masks_from_zeros(model, names=names), **kwargs)
@@ -246,7 +239,7 @@ def keep_sparsity_callback(
     config = read_sparsity_config(model_path)
     if config is not None:
         callback = KeepSparsityCallback.from_checkpoint(model, model_path)
-        source = f"{SPARSITY_CONFIG_NAME} of {model_path}"
+        source = f"sparsity_config.json of {model_path}"
     else:
         callback = KeepSparsityCallback.from_model(model, targets)
         source = "zeros of the target matrices"
