@@ -50,11 +50,11 @@ test-matrix: test
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_step.py
 
-# CrAM+ Multi vs AdamW on real data, 3 seeds: BBC one-shot, Austen MLM one-shot, sparse transfer (~45 min).
+# CrAM+ Multi vs AdamW on real data, 3 seeds: BBC one-shot, Austen MLM one-shot, sparse transfer (~42 min).
 evidence: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --output_dir benchmarks/results/evidence
 
-# The regime sweep behind the defaults: steps, lr, rho and levels one at a time (one seed, ~30 min).
+# The regime sweep behind the defaults: steps, lr, rho and levels one at a time (one seed, ~34 min).
 evidence-sweep: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --sweep --output_dir benchmarks/results/evidence
 
