@@ -24,10 +24,12 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------- parser
 
 
-
-def _add_token_argument(p: argparse.ArgumentParser) -> None:
+def _add_hub_args(p: argparse.ArgumentParser, private_help: str) -> None:
+    """``--private`` and ``--token``, shared by ``prune --push_to_hub`` and ``push``."""
+    p.add_argument("--private", "--hub_private_repo", dest="private", action="store_true", help=private_help)
     p.add_argument("--token", "--hub_token", dest="token", default=None,
                    help="Hub token (default: HF_TOKEN / saved login).")
+
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_name_or_path", metavar="MODEL", help="Local model folder or Hub id.")
@@ -64,14 +66,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Also upload the result to this Hub repo (ORG/NAME).",
     )
-    p.add_argument(
-        "--private",
-        "--hub_private_repo",
-        dest="private",
-        action="store_true",
-        help="With --push_to_hub: create the repo private.",
-    )
-    _add_token_argument(p)
+    _add_hub_args(p, "With --push_to_hub: create the repo private.")
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -142,14 +137,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 def _add_push_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", help="A sparse checkpoint folder written by `cram-hf prune`.")
     p.add_argument("--repo_id", required=True, help="Target repository, ORG/NAME.")
-    p.add_argument(
-        "--private",
-        "--hub_private_repo",
-        dest="private",
-        action="store_true",
-        help="Create the repo private.",
-    )
-    _add_token_argument(p)
+    _add_hub_args(p, "Create the repo private.")
     p.add_argument("--commit_message", default=None, help="Commit message of the upload.")
     p.add_argument(
         "--sweep_file",

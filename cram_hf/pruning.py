@@ -75,9 +75,9 @@ def _zeros(t: torch.Tensor) -> int:
 
 
 def _measure(model: nn.Module, names: Sequence[str]) -> tuple[dict, int, int, int, int]:
-    # One pass over every parameter (named_parameters() already skips tied duplicates); targets reuse it.
-    zeros = {n: _zeros(p) for n, p in model.named_parameters()}
+    # One count per parameter (named_parameters() already skips tied duplicates); targets reuse it.
     params = dict(model.named_parameters())
+    zeros = {n: _zeros(p) for n, p in params.items()}
     per_matrix = {}
     for n in names:
         p = params[n]

@@ -90,6 +90,11 @@ def _pick_column(columns, wanted: Optional[str], candidates: Sequence[str], what
     return next((c for c in candidates if c in columns), None)
 
 
+def _check_label_column(columns, label_column: str, path: str) -> None:
+    if label_column not in columns:
+        raise ValueError(f"--label_column: {label_column!r} is not a column of {path} (columns: {columns}).")
+
+
 def label_ids(labels: list, config) -> list[int]:
     """Labels as class ids: integers as they are; strings through the model's ``label2id`` when it names
     them all, else by sorted order (as transformers' ``run_glue.py`` does)."""
@@ -139,10 +144,7 @@ class ClassificationEval:
         pair = _pick_column(
             columns, text_pair_column, ("sentence2",) if text == "sentence1" else (), "text_pair"
         )
-        if label_column not in columns:
-            raise ValueError(
-                f"--label_column: {label_column!r} is not a column of {path} (columns: {columns})."
-            )
+        _check_label_column(columns, label_column, path)
         if len(raw) == 0:
             raise ValueError(f"--validation_file: {path} has no rows.")
         self.labels = torch.tensor(label_ids(raw[label_column], config))
@@ -306,10 +308,7 @@ def label_config(path: str, label_names: Optional[Sequence[str]]) -> dict:
 
 def _string_labels(path: str, label_column: str) -> Optional[list[str]]:
     raw = _load_raw(path)
-    if label_column not in raw.column_names:
-        raise ValueError(
-            f"--label_column: {label_column!r} is not a column of {path} (columns: {raw.column_names})."
-        )
+    _check_label_column(raw.column_names, label_column, path)
     values = raw.unique(label_column)
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         return None
