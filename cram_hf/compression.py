@@ -81,34 +81,49 @@ def _abs_bits(t: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1).view(torch.int32)
 
 
-def kth_smallest_abs(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, int]:
+def _histogram(keys: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[i] += (keys == i).sum()`` for every bin. ``index_add_`` has a fixed output size, unlike
+    ``bincount``, whose CUDA kernel reads the largest key back to the host to size its output."""
+    out.index_add_(0, keys, torch.ones((), dtype=out.dtype, device=out.device).expand(keys.numel()))
+
+
+def _count_below(cum: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``cum[index - 1]`` (0 for ``index == 0``) of an inclusive cumulative histogram, on the device."""
+    previous = cum.index_select(0, (index - 1).clamp(min=0).reshape(1)).squeeze(0)
+    return torch.where(index > 0, previous, torch.zeros_like(previous))
+
+
+def kth_smallest_abs(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k-th smallest ``|x|`` (1-based) over all ``tensors`` together, and how many entries lie below it.
 
     A two-round radix select on the float bit patterns: a histogram of the high 16 bits locates the bin
     of the k-th value, a histogram of the low 16 bits inside that bin gives it exactly. Two passes over
     the data instead of a sort; no concatenated copy of the tensors is made. Exact for float32, float16
-    and bfloat16 (compared in float32).
+    and bfloat16 (compared in float32). Both results are 0-d tensors on the first tensor's device, and
+    nothing is read back to the host: a GPU's queue never drains here.
     """
     total = sum(t.numel() for t in tensors)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}.")
     device = tensors[0].device
+    kth = torch.tensor(k, dtype=torch.int64, device=device)
     # Bit patterns are recomputed per tensor in each round rather than kept for all tensors at once:
     # an extra |x| pass is cheap, a second copy of every target weight is not.
     high = torch.zeros(1 << 15, dtype=torch.int64, device=device)
     for t in tensors:
-        high += torch.bincount(_abs_bits(t) >> 16, minlength=1 << 15)
+        _histogram((_abs_bits(t) >> 16).to(device), high)
     cum = high.cumsum(0)
-    hbin = int(torch.searchsorted(cum, torch.tensor(k, device=device)))
-    below_bin = int(cum[hbin - 1]) if hbin > 0 else 0
-    low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    hbin = torch.searchsorted(cum, kth.reshape(1)).squeeze(0)
+    below_bin = _count_below(cum, hbin)
+    # One extra bin collects every entry outside the located high bin, so the histogram keeps a fixed size.
+    low = torch.zeros((1 << 16) + 1, dtype=torch.int64, device=device)
     for t in tensors:
-        b = _abs_bits(t)
-        low += torch.bincount(b[(b >> 16) == hbin] & 0xFFFF, minlength=1 << 16)
-    cum_low = low.cumsum(0)
-    lbin = int(torch.searchsorted(cum_low, torch.tensor(k - below_bin, device=device)))
-    below = below_bin + (int(cum_low[lbin - 1]) if lbin > 0 else 0)
-    value = torch.tensor((hbin << 16) | lbin, dtype=torch.int32, device=device).view(torch.float32)
+        b = _abs_bits(t).to(device)
+        _histogram(torch.where((b >> 16) == hbin, b & 0xFFFF, 1 << 16), low)
+    cum_low = low[: 1 << 16].cumsum(0)
+    lbin = torch.searchsorted(cum_low, (kth - below_bin).reshape(1)).squeeze(0)
+    below = below_bin + _count_below(cum_low, lbin)
+    value = ((hbin << 16) | lbin).to(torch.int32).view(torch.float32)
     return value, below
 
 
@@ -137,20 +152,19 @@ def _topk_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     if k == 0:
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
     threshold, below = kth_smallest_abs(tensors, k)
+    threshold_bits = threshold.view(torch.int32)
+    # Entries equal to the threshold: the first `ties_to_prune` of them (in tensor, then index order) are
+    # pruned. A running count of ties gives each its rank without a host-side search for their positions.
     ties_to_prune = k - below
+    ties_before = torch.zeros((), dtype=torch.int32, device=threshold.device)
     masks = []
     for t in tensors:
-        a = t.detach().abs()
-        if a.dtype != torch.float32:
-            a = a.float()
-        keep = a >= threshold
-        if ties_to_prune > 0:
-            # Entries equal to the threshold: prune the first `ties_to_prune` of them (in tensor, then
-            # index order), keep the rest.
-            tie_idx = (a.reshape(-1) == threshold).nonzero().squeeze(1)[:ties_to_prune]
-            keep.view(-1)[tie_idx] = False
-            ties_to_prune -= tie_idx.numel()
-        masks.append(keep)
+        bits = _abs_bits(t)
+        tie = bits == threshold_bits.to(bits.device)
+        tie_rank = torch.cumsum(tie, 0, dtype=torch.int32) + ties_before.to(bits.device)
+        keep = (bits > threshold_bits.to(bits.device)) | (tie & (tie_rank > ties_to_prune.to(bits.device)))
+        masks.append(keep.view(t.shape))
+        ties_before = tie_rank[-1].to(threshold.device)
     return masks
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -56,8 +57,19 @@ class CrAMConfig(TrainingArguments):
 
     def __post_init__(self):
         self._validate_cram_fields()
-        super().__post_init__()
+        # Before TrainingArguments' own set-up, which would try to import DeepSpeed or build FSDP plugins.
         self._validate_cram_compatibility()
+        super().__post_init__()
+        self._check_launch()
+
+    def _check_launch(self) -> None:
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched > 1 and self.world_size == 1:
+            raise ValueError(
+                f"torchrun started {launched} processes (WORLD_SIZE={launched}) but transformers set up a "
+                "single-process run in each, so they would train independently and write the same output_dir. "
+                "On a machine without a GPU add --use_cpu true (gloo backend)."
+            )
 
     def _validate_cram_fields(self) -> None:
         rho = self.cram_rho

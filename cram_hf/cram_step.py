@@ -30,7 +30,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ class PointStats:
 
     level: Optional[Level]
     finite: bool = True
-    perturbation_norm: float = 0.0
+    perturbation_norm: Union[float, torch.Tensor] = 0.0  # ‖θ̃ - θ‖, a 0-d tensor when perturbed
 
 
 class CrAM:
@@ -127,84 +127,120 @@ class CrAM:
         self,
         level: Optional[Level],
         *,
-        grad_scale: float = 1.0,
+        grad_scale: Union[float, torch.Tensor] = 1.0,
         stash: Optional[list] = None,
-        accumulation: int = 1,
+        check_finite: bool = False,
     ):
         """Move the weights to θ̂ for the second pass; restore θ on exit.
 
-        On entry ``.grad`` holds the clean gradient ``g`` times ``grad_scale`` (the fp16 loss scale). Inside
-        the block ``.grad`` holds ``stash + g/accumulation`` (CrAM+) or ``stash`` (CrAM), times
-        ``grad_scale``, ready for the second backward to add ``m ⊙ g' / accumulation``.
+        On entry ``.grad`` holds this micro-batch's clean gradient times ``grad_scale``: the factor the
+        training loop applied to the gradient of the micro-batch's own loss (its accumulation weight times
+        the fp16 loss scale; a float or a 0-d tensor, so no scale is read back to the host). The
+        perturbation divides it out: ``θ̃ = θ + ρ·.grad/grad_scale``. Inside the block ``.grad`` holds
+        ``stash + .grad`` (CrAM+) or ``stash`` (CrAM), ready for the second backward to add the masked
+        gradient, which the caller weights the same way.
 
-        If ``g`` is not finite (fp16 overflow), nothing is perturbed or compressed, ``g`` stays in
-        ``.grad`` so the loss scaler skips the step, and the yielded stats have ``finite=False``: the
-        caller should skip the second pass.
+        ``check_finite`` (for fp16 loss scaling): if the clean gradient is not finite, nothing is perturbed
+        or compressed, the gradient stays in ``.grad`` so the scaler skips the step, and the yielded stats
+        have ``finite=False``: the caller skips the second pass. This is the step's only host read.
+
+        Whatever happens while entering the block or inside it (an out-of-memory error while ranking or in
+        the second pass, an interrupt), every weight is restored bit-exactly and ``.grad`` is put back to the
+        ``stash`` tensors. A failure before the clean gradient is folded in leaves them exactly as they were
+        before this micro-batch; a later one leaves a partial gradient, which the Trainer zeroes before it
+        retries (``auto_find_batch_size``).
         """
         stats = PointStats(level)
-        with torch.no_grad():
-            changed, saved, hooks = self._enter(stats, grad_scale, stash, accumulation)
+        saved: list = []
+        hooks: list = []
         try:
+            with torch.no_grad():
+                self._enter(stats, grad_scale, stash, check_finite, saved, hooks)
             yield stats
+        except BaseException:
+            self._put_back_gradients(stash)
+            raise
         finally:
             with torch.no_grad():
                 start = time.perf_counter()
                 for h in hooks:
                     h.remove()
-                if changed:
-                    torch._foreach_copy_(changed, saved)
+                if saved:
+                    changed, copies = zip(*saved)
+                    torch._foreach_copy_(list(changed), list(copies))
                 self._tick("restore", start)
 
-    def _enter(self, stats: PointStats, grad_scale: float, stash, accumulation: int):
+    def _enter(self, stats: PointStats, grad_scale, stash, check_finite: bool, saved: list, hooks: list) -> None:
+        """Perturb, fold the clean gradient, compress. ``saved`` and ``hooks`` are filled as the weights
+        change, so the caller can undo a partial entry."""
         start = time.perf_counter()
         present = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in present]
-        gnorm = 0.0
-        if grads:
-            norms = torch._foreach_norm(grads)
-            gnorm = float(torch.linalg.vector_norm(torch.stack(norms).float())) / grad_scale
-        if not math.isfinite(gnorm):
+        gnorm = _global_norm(grads) / grad_scale if grads else None
+        if check_finite and gnorm is not None and not bool(torch.isfinite(gnorm)):
             stats.finite = False
-            self._fold_clean_gradient(stash, accumulation, keep=True)
-            return [], [], []
-        step_size = self.rho / grad_scale
-        if self.grad_norm:
-            step_size /= gnorm + 1e-12
-        stats.perturbation_norm = step_size * gnorm * grad_scale
-
+            self._fold_clean_gradient(stash, keep=True)
+            return
         compress = stats.level is not None and bool(self.targets)
         target_params = [p for _, p in self.targets] if compress else []
         perturbed = present if self.rho > 0 else []
         changed = list({id(p): p for p in perturbed + target_params}.values())
-        saved = [p.detach().clone() for p in changed]
+        saved.extend((p, p.detach().clone()) for p in changed)
         if perturbed:
-            torch._foreach_add_(perturbed, grads, alpha=step_size)
-        self._fold_clean_gradient(stash, accumulation, keep=self.plus)
+            step_size = self.rho / grad_scale
+            if self.grad_norm:
+                step_size = step_size / (gnorm + 1e-12)
+            stats.perturbation_norm = step_size * gnorm * grad_scale
+            _add_scaled(perturbed, grads, step_size)
         start = self._tick("perturb", start)
-
-        hooks = []
+        masks = compression_masks(target_params, stats.level, self.scope) if target_params else []
+        start = self._tick("rank", start)
+        # Folded only now: until here a failure (say, out of memory while ranking) leaves `stash` intact.
+        self._fold_clean_gradient(stash, keep=self.plus)
         if target_params:
-            masks = compression_masks(target_params, stats.level, self.scope)
-            start = self._tick("rank", start)
             for p, m in zip(target_params, masks):
                 p.mul_(m)
                 if self.sparse_grad and p.requires_grad:
                     hooks.append(p.register_hook(lambda g, m=m: g * m))
             self._tick("mask", start)
-        return changed, saved, hooks
 
-    def _fold_clean_gradient(self, stash: Optional[list], accumulation: int, keep: bool) -> None:
-        """``.grad <- stash + g/accumulation`` if ``keep`` else ``.grad <- stash`` (in place, no copies)."""
+    def _fold_clean_gradient(self, stash: Optional[list], keep: bool) -> None:
+        """``.grad <- stash + g`` if ``keep`` else ``.grad <- stash`` (in place, no copies)."""
         if stash is None:
             stash = [None] * len(self.params)
         for p, acc in zip(self.params, stash):
             g = p.grad
             if keep and g is not None:
-                if accumulation != 1:
-                    g.div_(accumulation)
                 if acc is not None:
                     acc.add_(g)
                     g = acc
                 p.grad = g
             else:
                 p.grad = acc
+
+    def _put_back_gradients(self, stash: Optional[list]) -> None:
+        if stash is not None:
+            for p, acc in zip(self.params, stash):
+                p.grad = acc
+
+
+def _global_norm(tensors: list) -> torch.Tensor:
+    """The 2-norm of all ``tensors`` together, as a 0-d float32 tensor on the first one's device. Norms are
+    taken per device and moved before they are combined, so a model spread over devices works."""
+    by_device: dict = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    first = tensors[0].device
+    parts = [torch.stack(torch._foreach_norm(group, dtype=torch.float32)).to(first) for group in by_device.values()]
+    return torch.linalg.vector_norm(torch.cat(parts))
+
+
+def _add_scaled(params: list, grads: list, step_size) -> None:
+    """``params += step_size * grads``; a tensor ``step_size`` stays on the device."""
+    if not torch.is_tensor(step_size):
+        torch._foreach_add_(params, grads, alpha=step_size)
+        return
+    per_device: dict = {}
+    for p, g in zip(params, grads):
+        s = per_device.setdefault(p.device, step_size.to(p.device, p.dtype))
+        p.addcmul_(g, s)

@@ -135,6 +135,7 @@ def test_weights_restored_bit_exactly_and_grad_holds_direction(tiny_config):
     trainer = CrAMTrainer(model=model, args=CrAMConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True,
                                                        cram_rho=0.5, cram_sparsities=["0.9"]))
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop; the stock step reads it too
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.training_step(model, stack(make_data(4)))
     for n, p in model.named_parameters():
