@@ -58,7 +58,8 @@ def level_name(level: Level) -> str:
     """``0.7`` -> ``"0.7"``, ``(2, 4)`` -> ``"2:4"``."""
     if isinstance(level, tuple):
         return f"{level[0]}:{level[1]}"
-    return f"{level:g}"
+    short = f"{level:g}"
+    return short if float(short) == level else repr(float(level))  # never round a level away
 
 
 def level_sparsity(level: Level) -> float:

@@ -26,10 +26,46 @@ def _has_fp16_accelerator() -> bool:
 
 @dataclass
 class CrAMConfig(TrainingArguments):
-    """Training arguments for :class:`~cram_hf.CrAMTrainer`. Every ``TrainingArguments`` field works as
-    usual; the ``cram_*`` fields set the CrAM update (see the README for their effect)."""
+    r"""Training arguments for :class:`~cram_hf.CrAMTrainer`: every ``TrainingArguments`` field works as usual,
+    and the ``cram_*`` fields set the CrAM update. Each is checked here, before anything runs.
 
-    cram_rho: float = field(default=0.05, metadata={"help": "Perturbation radius rho >= 0 (θ̃ = θ + ρ·g)."})
+    With ``cram_rho=0`` and no levels the trainer is the stock ``Trainer``.
+
+    Parameters:
+        > The update
+
+        cram_rho (`float`, *optional*, defaults to `0.05`):
+            Perturbation radius ρ >= 0: the second pass runs at ``θ̃ = θ + ρ·g`` (``g`` the clean gradient of the
+            micro-batch's own mean loss). The paper's vision runs used 0.05–0.2; ρ = 1 with the unnormalised
+            perturbation is far too large.
+        cram_plus (`bool`, *optional*, defaults to `True`):
+            CrAM+: add the clean gradient ``g`` to the direction (``d = m ⊙ g' + g``), the variant the authors
+            recommend. `False`: plain CrAM (``d = m ⊙ g'``).
+        cram_sparse_grad (`bool`, *optional*, defaults to `True`):
+            Mask the target gradients taken at the compressed point (``m ⊙ g'``). `False`: use ``g'`` as is.
+        cram_grad_norm (`bool`, *optional*, defaults to `False`):
+            SAM-style perturbation ``ρ·g/‖g‖`` (then ρ is the length of the step) instead of ``ρ·g``.
+
+        > Compression
+
+        cram_sparsities (`list[str]`, *optional*, defaults to `["0.5", "0.6", "0.7", "0.8"]`):
+            The levels, one drawn per optimizer step as a function of ``(seed, step)`` (the same on every rank
+            and after a resume): sparsities in ``[0, 1)`` (magnitude Top-K) and/or ``"N:M"`` patterns such as
+            ``"2:4"`` or ``"4:8"`` (keep the N largest of every M consecutive inputs of a ``weight[out, in]``).
+            Stored in canonical form (``"0.5"``, ``"2:4"``); empty (``none`` on the command line) means no
+            compression (SAM-like when ρ > 0). Put the level you will deploy in the set.
+        cram_scope (`str`, *optional*, defaults to `"global"`):
+            Magnitude ranking over all targets together (``"global"``) or per matrix (``"layer"``).
+        cram_targets (`list[str]` or `None`, *optional*, defaults to `None`):
+            Regexes on parameter names (``re.search``) selecting the 2-D weights to compress. `None`: the weight
+            of every ``nn.Linear`` inside the model's transformer layers (for BERT: query, key, value, attention
+            output, intermediate, output); embeddings, pooler and heads are never compressed by default.
+    """
+
+    cram_rho: float = field(
+        default=0.05,
+        metadata={"help": "Perturbation radius rho >= 0: the second pass runs at θ + ρ·g (g: the clean gradient)."},
+    )
     cram_sparsities: Optional[list[str]] = field(
         default_factory=lambda: list(DEFAULT_SPARSITIES),
         metadata={
@@ -37,9 +73,11 @@ class CrAMConfig(TrainingArguments):
             "such as 2:4 or 4:8 (quote them in YAML). 'none' (or [] in a config file): no compression.",
         },
     )
-    cram_plus: bool = field(default=True, metadata={"help": "CrAM+: add the clean gradient g to the update."})
+    cram_plus: bool = field(
+        default=True, metadata={"help": "CrAM+: add the clean gradient g to the direction (d = m ⊙ g' + g)."}
+    )
     cram_sparse_grad: bool = field(
-        default=True, metadata={"help": "Mask the target gradients taken at the compressed point."}
+        default=True, metadata={"help": "Mask the target gradients taken at the compressed point (m ⊙ g')."}
     )
     cram_scope: str = field(
         default="global", metadata={"help": "Magnitude ranking over all targets ('global') or per matrix ('layer')."}
@@ -47,8 +85,8 @@ class CrAMConfig(TrainingArguments):
     cram_targets: Optional[list[str]] = field(
         default=None,
         metadata={
-            "help": "Regexes on parameter names selecting the weights to compress. Default: the Linear weights "
-            "inside the transformer layers.",
+            "help": "Regexes on parameter names selecting the 2-D weights to compress. Default: the nn.Linear "
+            "weights inside the transformer layers (never embeddings, pooler or heads).",
         },
     )
     cram_grad_norm: bool = field(
@@ -86,8 +124,8 @@ class CrAMConfig(TrainingArguments):
             sparsities = []
         if isinstance(sparsities, (str, int, float)):
             sparsities = [sparsities]
-        levels = [parse_level(v, "cram_sparsities") for v in sparsities]
-        self.cram_sparsities = [level_name(v) if isinstance(v, tuple) else v for v in levels]
+        # Canonical strings, so the field holds what its type says: "0.5", "2:4".
+        self.cram_sparsities = [level_name(parse_level(v, "cram_sparsities")) for v in sparsities]
         if self.cram_scope not in SCOPES:
             raise ValueError(f"cram_scope: must be one of {SCOPES}, got {self.cram_scope!r}.")
         if isinstance(self.cram_targets, str):

