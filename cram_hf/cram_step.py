@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .compression import SCOPES, Level, check_nm_shape, compression_masks, parse_level
-from .targets import Patterns, named_targets, unique_trainable
+from .targets import Patterns, check_trainable_targets, named_targets, unique_trainable
 
 
 @dataclass
@@ -89,6 +89,7 @@ class CrAM:
         self.params = unique_trainable(model.parameters())
         # Resolved even without levels, so a bad regex fails here rather than when levels are added.
         self.targets = named_targets(model, targets) if (self.levels or targets) else []
+        check_trainable_targets(self.targets)  # a LoRA model's frozen base weights: refused with advice
         for name, p in self.targets:
             for level in self.levels:
                 check_nm_shape(p.shape, level, name)

@@ -118,10 +118,22 @@ class _MaskedPositions:
         return (args[0][self.select],) + tuple(args[1:])
 
 
+def _uncompiled(module):
+    """The module ``torch.compile`` wrapped (an ``OptimizedModule`` keeps it in ``_orig_mod``), else
+    ``module`` itself."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+
+
 def masked_lm_logits(model, inputs, select, unwrapped=None):
     """Logits ``[n_selected, vocab]`` at the positions where ``select`` is true. ``model`` may be a DDP
-    wrapper; the hook goes on ``unwrapped``'s output embedding."""
-    head = (unwrapped or model).get_output_embeddings()
+    wrapper or a ``torch.compile``d module; the hook goes on ``unwrapped``'s (else ``model``'s) output
+    embedding, on the real module under any compile wrapper."""
+    # `is not None`, not `or`: truth-testing a compiled module calls len(), which models do not support.
+    head = _uncompiled(unwrapped if unwrapped is not None else model).get_output_embeddings()
     if head is None:
         raise ValueError("model: has no output embeddings (vocabulary projection); is it a masked-LM model?")
     handle = head.register_forward_pre_hook(_MaskedPositions(select))
@@ -149,6 +161,8 @@ class CrAMTrainerForMaskedLM(CrAMTrainer):
         if return_outputs or "labels" not in inputs or self.label_smoother is not None \
                 or self.compute_loss_func is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # unwrap_model keeps a torch.compile wrapper by default; masked_lm_logits strips it, so the hook
+        # lands on the real output embedding.
         return masked_lm_loss(model, inputs, self.accelerator.unwrap_model(model))
 
 

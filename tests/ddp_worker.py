@@ -44,6 +44,13 @@ def recording(cls):
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.seen.append({k: v.detach().clone() for k, v in inputs.items()})
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def _record(self, point, compressed_loss, k):
+            # This rank's own compressed loss per micro-batch, to check the cross-rank mean that log() reports.
+            self.local_compressed.append((self.state.global_step, float(compressed_loss) * k))
+            super()._record(point, compressed_loss, k)
+
+    Recording.seen, Recording.local_compressed = [], []
     return Recording
 
 
@@ -88,6 +95,15 @@ def main():
 
     cram3, _, cram_counter = run(CrAMTrainer, CrAMConfig, 3, cram_rho=0.2, cram_sparsities=["0.5", "0.8"])
     stock3, _, stock_counter = run(Trainer, TrainingArguments, 3)
+    # log() must report the mean over ranks of each rank's own compressed loss (one reduction per log).
+    steps = sorted({s for s, _ in cram3.local_compressed})
+    local = torch.tensor([[v for s, v in cram3.local_compressed if s == step] for step in steps]).mean(1)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    expected_logged = torch.stack(gathered).mean(0)
+    logged = torch.tensor([h["cram_compressed_loss"] for h in cram3.state.log_history if "loss" in h])
+    log_err = float((logged - expected_logged).abs().max())
+    ranks_differ = float((gathered[0] - gathered[1]).abs().max())
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump({
@@ -97,6 +113,8 @@ def main():
                 "allreduce_calls_cram": cram_counter.calls,
                 "allreduce_calls_stock": stock_counter.calls,
                 "world_size": dist.get_world_size(),
+                "logged_compressed_loss_err": log_err,
+                "ranks_compressed_loss_differ_by": ranks_differ,
             }, f)
     # Leave together: a rank that tears gloo down while the other still works (rank 0 writing its
     # results) can abort with "terminate called without an active exception".
