@@ -154,10 +154,11 @@ def test_rho_zero_and_no_levels_is_the_stock_trainer(tmp_path, tiny_config):
     ):
         torch.manual_seed(0)
         model = BertForMaskedLM(tiny_bert(tiny_config))
-        args = args_cls(output_dir=str(tmp_path / cls.__name__), max_steps=4, per_device_train_batch_size=4,
-                        report_to=[], save_strategy="no", seed=3, learning_rate=1e-3, **extra)
+        # Accumulation: a trainer that changed the stock loss weighting (model_accepts_loss_kwargs) would differ.
+        args = args_cls(output_dir=str(tmp_path / cls.__name__), max_steps=4, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2, report_to=[], save_strategy="no", seed=3,
+                        learning_rate=1e-3, **extra)
         trainer = cls(model=model, args=args, train_dataset=data)
-        trainer.model_accepts_loss_kwargs = False
         trainer.train()
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]),
                         [h.get("loss") for h in trainer.state.log_history]))

@@ -80,7 +80,39 @@ def test_exact_sparsity_after_sparse_finetuning(tmp_path, cram):
         assert moved > 0.9, f"{n}: kept weights did not train"
     assert callback.violations() == 0
     assert pruned_state_entries(trainer, model, zeros) == 0.0
-    assert not callback._hooks, "gradient hooks must be removed at the end of training"
+    # The model, not the callback's bookkeeping: no mask hook may stay on any parameter after training.
+    assert all(not p._backward_hooks for p in model.parameters()), "gradient hooks left on the model"
+
+
+class GradientsAtStep(CrAMTrainer):
+    """Records, at every optimizer.step(), the largest |grad| at pruned positions — what the optimizer sees."""
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        params = dict(self.model.named_parameters())
+
+        def record(opt, *a, **kw):
+            self.seen.append(max(float(params[n].grad[z].abs().max()) for n, z in self.zeros.items()))
+
+        optimizer.register_step_pre_hook(record)
+        return optimizer
+
+
+def test_pruned_gradients_are_zero_when_the_optimizer_steps_even_without_backward_hooks(tmp_path):
+    """on_pre_optimizer_step is the guarantee that does not depend on hooks: with mask_gradients=False the
+    backward leaves gradients at pruned entries, and they must be zero by the time optimizer.step() runs
+    (a non-element-wise optimizer — Adafactor's factored moments, LAMB's trust ratio — would otherwise let
+    them leak into the kept weights' updates)."""
+    model = make_model()
+    zeros = prune_(model)
+    args = CrAMConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3,
+                      learning_rate=1e-2, max_grad_norm=0.0, save_strategy="no", report_to=[], use_cpu=True,
+                      cram_rho=0.0, cram_sparsities=[])
+    trainer = GradientsAtStep(model=model, args=args, train_dataset=dataset(),
+                              callbacks=[KeepSparsityCallback.from_model(model, mask_gradients=False)])
+    trainer.seen, trainer.zeros = [], zeros
+    trainer.train()
+    assert len(trainer.seen) == 3 and max(trainer.seen) == 0.0
 
 
 def test_without_the_callback_zeros_drift(tmp_path):
