@@ -1,17 +1,44 @@
-"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides."""
+"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides, and
+how their user errors reach the terminal (one line, no traceback)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 from transformers import HfArgumentParser
 
 
 NONE = "none"
+# What a bad argument raises while it is parsed and checked: FileNotFoundError & co. from the path checks.
+_ARGUMENT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+class UsageError(ValueError):
+    """A bad argument or input of a recipe, found before any work; :func:`run_recipe` prints it as a line."""
+
+
+def run_recipe(main: Callable) -> None:
+    """A recipe's ``__main__``: run ``main()``; a :class:`UsageError` is one line on stderr and exit status 2,
+    anything else keeps its traceback."""
+    try:
+        main()
+    except UsageError as err:
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_not_empty(path: str, name: str) -> None:
+    """Refuse a data file with nothing but whitespace in it (``datasets`` fails on it with a traceback)."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return
+    raise ValueError(f"{name}: {path!r} is empty; it needs at least one example.")
 
 
 def none_to_empty(values):
@@ -41,12 +68,28 @@ def _config_to_flags(config: dict, path: str) -> list[str]:
     return flags
 
 
+def validated(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a check of the arguments or inputs: its errors are the user's, so they become
+    :class:`UsageError` (as ``cram_hf.cli`` turns them into ``CLIError``)."""
+    try:
+        return fn(*args, **kwargs)
+    except UsageError:
+        raise
+    except _ARGUMENT_ERRORS as err:
+        raise UsageError(str(err)) from err
+
+
 def parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]] = None):
     """Parse ``argv`` into the parser's dataclasses.
 
     ``run.py config.yaml`` (or ``.json``) reads every argument from the file — the same names as the flags;
-    flags after the file override it: ``run.py config.yaml --max_steps 10``. Unknown keys are errors.
+    flags after the file override it: ``run.py config.yaml --max_steps 10``. Unknown keys are errors. What the
+    dataclasses' checks raise is a :class:`UsageError`.
     """
+    return validated(_parse_args, parser, argv)
+
+
+def _parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]]):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
         path = argv.pop(0)

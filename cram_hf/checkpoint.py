@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from typing import Optional
 
 import numpy as np
@@ -54,33 +55,53 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def check_output_dir(out_dir, overwrite: bool = False, flag: str = "overwrite=True") -> None:
-    """Refuse an existing non-empty ``out_dir`` (or a file in its place) unless ``overwrite``."""
+def check_writable_dir(out_dir, name: str = "output_dir") -> None:
+    """Refuse an ``out_dir`` that could not be written, before any work: a file in its place, or a nearest
+    existing ancestor that is a file or not writable. Creates nothing."""
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"output_dir: {out_dir!r} exists and is not a directory.")
+        raise FileExistsError(f"{name}: {out_dir!r} exists and is not a directory.")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(
+            f"{name}: cannot create {out_dir!r}: {existing!r} is a file, not a directory."
+        )
+    # os.access sees read-only mounts even for root (which file permissions do not stop).
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: cannot write {out_dir!r}: {existing!r} is not writable.")
+
+
+def check_output_dir(out_dir, overwrite: bool = False, flag: str = "overwrite=True") -> None:
+    """Refuse an existing non-empty ``out_dir`` unless ``overwrite``, and one that could not be written."""
+    out_dir = os.fspath(out_dir)
+    check_writable_dir(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(
             f"output_dir: {out_dir!r} already exists and is not empty; pass {flag} to replace it."
         )
 
 
-def check_model_source(path: str) -> None:
+def check_model_source(path: str, name: str = "model") -> None:
     """A local model folder must hold a config and weights; a non-existing path that looks like a file
-    path (not a Hub id) is an error. Hub ids pass through (``from_pretrained`` resolves them)."""
+    path (not a Hub id) is an error. Hub ids pass through (``from_pretrained`` resolves them). ``name``
+    is the argument the messages name."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"model: {path!r} has no config.json; is it a Hugging Face model folder?")
+            raise FileNotFoundError(
+                f"{name}: {path!r} has no config.json; is it a Hugging Face model folder?"
+            )
         if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
             raise FileNotFoundError(
-                f"model: {path!r} has a config.json but no weights (looked for {', '.join(WEIGHT_FILES)})."
+                f"{name}: {path!r} has a config.json but no weights (looked for {', '.join(WEIGHT_FILES)})."
             )
         return
     if os.path.exists(path):
-        raise FileNotFoundError(f"model: {path!r} is a file; give the model folder or a Hub id.")
+        raise FileNotFoundError(f"{name}: {path!r} is a file; give the model folder or a Hub id.")
     if not _HUB_ID.match(path) or ".." in path:
         raise FileNotFoundError(
-            f"model: no such directory {path!r} (and it is not a Hub id like 'org/name')."
+            f"{name}: no such directory {path!r} (and it is not a Hub id like 'org/name')."
         )
 
 
@@ -211,21 +232,31 @@ def _chmod_like_makedirs(path: str) -> None:
     os.chmod(path, 0o777 & ~umask)
 
 
-def _move_into_place(tmp: str, out_dir: str) -> None:
-    """Replace ``out_dir`` by ``tmp`` with renames only (same parent, hence same filesystem)."""
-    old = None
-    if os.path.lexists(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-        os.rmdir(old)
-        os.rename(out_dir, old)
+def _remove_tree(path: str) -> None:
+    """``rmtree`` that finishes when interrupted once (Ctrl-C while a large checkpoint is deleted), so no
+    half-deleted folder stays behind."""
     try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _move_into_place(tmp: str, out_dir: str) -> None:
+    """Replace ``out_dir`` by ``tmp`` with renames only (same parent, hence same filesystem). Whatever stops
+    it (an error, Ctrl-C), ``out_dir`` ends as the old or the new checkpoint and no ``.old-`` folder stays."""
+    # A name, not a folder (mkdtemp): a rename either happened or not, so the cleanup below knows the state.
+    old = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        if os.path.lexists(out_dir):
+            os.rename(out_dir, old)
         os.rename(tmp, out_dir)
     except BaseException:
-        if old is not None:
+        if os.path.lexists(old) and not os.path.lexists(out_dir):
             os.rename(old, out_dir)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _remove_tree(old)
 
 
 def save_sparse(
@@ -267,7 +298,7 @@ def save_sparse(
         _write_checkpoint(model, tmp, tokenizer, config, compact)
         _move_into_place(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
     return config
 
@@ -284,6 +315,26 @@ def model_class_for(config, default=None):
         if cls is not None:
             return cls
     return default or transformers.AutoModel
+
+
+def _from_config(model_class, config, **kwargs):
+    # Concrete classes build from a config with _from_config (from_config exists on the Auto classes only).
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    return build(config, **kwargs)
+
+
+def meta_model(config, model_class, **kwargs) -> Optional[nn.Module]:
+    """``model_class`` built from ``config`` on the meta device: every parameter's name and shape, without
+    memory or weights, for checks (targets, N:M shapes) before a model is loaded. ``None`` for a model that
+    cannot be built there: an early check must not stop a run, the loaded model is checked anyway."""
+    try:
+        with torch.device("meta"):
+            return _from_config(model_class, config, **kwargs)
+    except Exception as err:  # noqa: BLE001 - e.g. custom code that reads tensor values in __init__
+        logger.warning(
+            "%s: cannot build on the meta device (%s); checked once loaded.", model_class.__name__, err
+        )
+        return None
 
 
 def load_pretrained(path: str, model_class=None, **kwargs):
@@ -327,9 +378,7 @@ def _rebuild_compact(path: str, model_class, config_overrides: dict) -> tuple[nn
     config = AutoConfig.from_pretrained(path, **config_overrides)
     saved_class = model_class_for(config)
     model_class = model_class or saved_class
-    # Concrete classes build from a config with _from_config (from_config exists on the Auto classes only).
-    build = getattr(model_class, "from_config", None) or model_class._from_config
-    model = build(config)
+    model = _from_config(model_class, config)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())

@@ -70,7 +70,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
-    from .sweep import DEFAULT_LEVELS, TASKS
+    from .sweep_options import DEFAULT_LEVELS, TASKS  # not .sweep: that imports torch
 
     p.add_argument(
         "models",
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _validated(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
         raise CLIError(str(err)) from err
 
 
@@ -212,8 +212,9 @@ def cmd_prune(args) -> int:
 
     try:
         model = load_pretrained(args.model_name_or_path)
-    except OSError as err:
-        raise CLIError(f"model: could not load {args.model_name_or_path!r}: {err}") from err
+    except OSError as err:  # transformers' message spans lines
+        message = " ".join(str(err).split())
+        raise CLIError(f"model: could not load {args.model_name_or_path!r}: {message}") from err
     tokenizer = _load_tokenizer(args.model_name_or_path)
     _validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
     report = prune(model, level, scope=args.scope, targets=args.targets)

@@ -277,9 +277,9 @@ def resolve_endpoint(endpoint: Optional[str] = None) -> str:
 def check_push(repo_id: str, token: Optional[str] = None) -> str:
     """Everything a push needs that can be checked without the network; returns the token."""
     check_repo_id(repo_id)
-    token = resolve_token(token)
+    # Offline first: with HF_HUB_OFFLINE set, "no token" would send the user after the wrong cause.
     check_online()
-    return token
+    return resolve_token(token)
 
 
 def _is_connection_error(err: BaseException) -> bool:

@@ -130,6 +130,28 @@ def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets:
     return level, names
 
 
+def check_levels_fit(
+    model: nn.Module,
+    levels: Sequence,
+    targets: Patterns = None,
+    *,
+    levels_name: str = "sparsities",
+    targets_name: str = "targets",
+) -> None:
+    """Check that every level can prune ``model`` (a :func:`~cram_hf.checkpoint.meta_model` skeleton
+    does): the targets match and each N:M pattern divides every target's input dimension. The messages
+    name the arguments, so a bad level fails before any model is loaded or evaluated."""
+    names = target_names(model, targets, name=targets_name)
+    params = dict(model.named_parameters())
+    for value in levels:
+        level = parse_level(value, levels_name)
+        for n in names:
+            try:
+                check_nm_shape(params[n].shape, level, n)
+            except ValueError as err:
+                raise ValueError(f"{levels_name}: {err}") from None
+
+
 @torch.no_grad()
 def prune(model: nn.Module, sparsity, *, scope: str = "global", targets: Patterns = None) -> SparsityReport:
     """Prune ``model`` in place, one shot, and return a :class:`SparsityReport`.

@@ -20,17 +20,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import check_not_empty
 from .compression import Level, level_name, level_sparsity, parse_level
-from .pruning import prune
+from .pruning import check_levels_fit, prune
+from .sweep_options import (  # noqa: F401 - part of this module's interface
+    DEFAULT_LEVELS,
+    HIGHER_IS_BETTER,
+    METRICS,
+    TABLE_EXTENSIONS,
+    TASKS,
+    TEXT_EXTENSIONS,
+)
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("mlm", "classification")
-METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": False}
-DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
-TEXT_EXTENSIONS = (".txt", ".text", ".raw")
-TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -62,6 +64,34 @@ def check_validation_file(path: str, task: str) -> None:
     allowed = TEXT_EXTENSIONS + TABLE_EXTENSIONS if task == "mlm" else TABLE_EXTENSIONS
     if ext not in allowed:
         raise ValueError(f"--validation_file: {task} needs a {'/'.join(allowed)} file, got {path!r}.")
+    check_not_empty(path, "--validation_file")
+
+
+def check_mlm_probability(mlm_probability: float) -> None:
+    if not 0 < mlm_probability < 1:
+        raise ValueError(f"--mlm_probability: must be in (0, 1), got {mlm_probability}.")
+
+
+def check_levels_fit_models(models: Sequence[str], levels: Sequence[Level], task: str, targets=None) -> None:
+    """Every level can prune every model (``--targets`` match, N:M divides the input dimensions), checked on
+    skeletons built from the configs, before any model is loaded or level evaluated."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from .checkpoint import meta_model
+
+    cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
+    for path in models:
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as err:  # a Hub id that cannot be fetched; transformers' message spans lines
+            raise ValueError(f"model: could not load {path!r}: {' '.join(str(err).split())}") from err
+        skeleton = meta_model(config, cls)
+        if skeleton is None:
+            continue
+        try:
+            check_levels_fit(skeleton, levels, targets, levels_name="--sparsities", targets_name="--targets")
+        except ValueError as err:
+            raise ValueError(f"{str(err).rstrip('.')} (model {path!r}).") from None
 
 
 def check_metric(metric: Optional[str], task: str) -> str:
@@ -359,10 +389,18 @@ def run_sweep(
     ``output_dir`` (if given) and return the sweep record."""
     from transformers import AutoTokenizer
 
+    from .checkpoint import check_writable_dir
+
+    # Everything checkable before a model is loaded or the data read.
     levels = parse_levels(levels)
     metric = check_metric(metric, task)
     check_validation_file(validation_file, task)
+    if task == "mlm":
+        check_mlm_probability(mlm_probability)
+    if output_dir:
+        check_writable_dir(output_dir, "--output_dir")
     labels = _unique_labels(models, model_names)
+    check_levels_fit_models(models, levels, task, targets)
     metrics = METRICS[task]
     record = {
         "task": task,

@@ -1,8 +1,12 @@
 """What the downstream fine-tuning recipes (``recipes/run_glue.py``, ``recipes/run_qa.py``) share.
 
 * :class:`SparseTransferArguments` — ``--keep_sparsity`` and ``--eval_sparsities``;
-* :class:`FinetuneConfig` — ``CrAMConfig`` whose CrAM is *off* unless ``--cram_rho`` or ``--cram_sparsities``
-  is given (``CrAMConfig`` itself defaults to CrAM on, which suits pre-training, not a plain fine-tune);
+* :class:`RecipeConfig` — ``CrAMConfig`` with ``--overwrite_output_dir`` and an ``--output_dir`` checked
+  while parsing; :func:`last_checkpoint` and :func:`check_model_fits`, the checks before any work (also used
+  by ``recipes/run_mlm_cram.py``);
+* :class:`FinetuneConfig` — ``RecipeConfig`` whose CrAM is *off* unless ``--cram_rho`` or
+  ``--cram_sparsities`` is given (``CrAMConfig`` itself defaults to CrAM on, which suits pre-training, not a
+  plain fine-tune);
 * :func:`setup_keep_sparsity` — the mask-keeping callback when the model is sparse;
 * :func:`evaluate_sparsities` — one-shot pruning of the fine-tuned model at several levels, evaluated, as a
   printed table and ``eval_sparsities.json``.
@@ -21,7 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .arguments import none_to_empty
+from .arguments import UsageError, none_to_empty, validated
+from .checkpoint import check_writable_dir
 from .compression import SCOPES, level_name, level_sparsity, parse_level
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
@@ -33,6 +38,9 @@ EVAL_SPARSITIES_FILE = "eval_sparsities.json"
 # Trainer bookkeeping that is not a quality metric; left out of the one-shot table.
 _CRAM_DEFAULT_RHO = {f.name: f.default for f in fields(CrAMConfig)}["cram_rho"]
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time", "_samples")
+# What a resumed run must share with the run that wrote the checkpoint.
+CRAM_SETTINGS = ("cram_rho", "cram_sparsities", "cram_plus", "cram_sparse_grad", "cram_scope", "cram_targets",
+                 "cram_grad_norm")
 
 
 @dataclass
@@ -44,7 +52,10 @@ class SparseTransferArguments:
         metadata={
             "help": "Hold the zeros of a pruned model at exactly zero while fine-tuning. Default: on when the model "
             "is sparse (a sparsity_config.json next to it, or >= 1%% exact zeros in its target matrices); "
-            "'--keep_sparsity false' turns it off, '--keep_sparsity true' forces it."
+            "'--keep_sparsity false' turns it off, '--keep_sparsity' (or '--keep_sparsity true') forces it.",
+            # A bare flag means true, as for the plain bool flags (HfArgumentParser does that only for those).
+            "nargs": "?",
+            "const": True,
         },
     )
     eval_sparsities: list[str] = field(
@@ -69,8 +80,24 @@ class SparseTransferArguments:
 
 
 @dataclass
-class FinetuneConfig(CrAMConfig):
-    """``CrAMConfig`` for fine-tuning: CrAM is off unless asked for.
+class RecipeConfig(CrAMConfig):
+    """``CrAMConfig`` for the recipes: ``--output_dir`` is refused while parsing when it could not be written,
+    and ``--overwrite_output_dir`` exists on every transformers version (5.x dropped it)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch in an --output_dir that holds checkpoints of an earlier run, "
+                          "instead of resuming the last one (run_mlm_cram.py resumes by default)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_writable_dir(self.output_dir)
+
+
+@dataclass
+class FinetuneConfig(RecipeConfig):
+    """``RecipeConfig`` for fine-tuning: CrAM is off unless asked for.
 
     Neither ``cram_rho`` nor ``cram_sparsities`` given: plain fine-tuning (ρ = 0, no levels). Only one given:
     the other takes ``CrAMConfig``'s default (ρ = 0.05, levels 0.5/0.6/0.7/0.8), so ``--cram_rho 0.05`` or
@@ -104,6 +131,76 @@ class FinetuneConfig(CrAMConfig):
                 on = False  # let CrAMConfig report the bad value
             self.cram_sparsities = list(DEFAULT_SPARSITIES) if rho_given and on else []
         super().__post_init__()
+
+
+def last_checkpoint(args: RecipeConfig) -> Optional[str]:
+    """The checkpoint a re-run into ``args.output_dir`` resumes from: its last ``checkpoint-N``, or none (no
+    ``--do_train``, ``--overwrite_output_dir``, or ``--resume_from_checkpoint`` given). One written with other
+    CrAM settings is refused: the Trainer would carry on with the old run (a finished one: keep its model)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not args.do_train or args.overwrite_output_dir or args.resume_from_checkpoint is not None:
+        return None
+    if not os.path.isdir(args.output_dir):
+        return None
+    checkpoint = get_last_checkpoint(args.output_dir)
+    changed = _changed_cram_settings(checkpoint, args) if checkpoint is not None else []
+    if changed:
+        raise UsageError(
+            f"output_dir: {checkpoint!r} was trained with other CrAM settings ({'; '.join(changed)}) and "
+            "would be resumed with them; pass --overwrite_output_dir to start over, or a new --output_dir."
+        )
+    return checkpoint
+
+
+def _changed_cram_settings(checkpoint: str, args) -> list[str]:
+    """``"name: old -> new"`` for each CrAM setting of the checkpoint's ``training_args.bin`` that ``args``
+    changes; nothing when that file cannot be read (the Trainer resumes without it)."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    path = os.path.join(checkpoint, TRAINING_ARGS_NAME)
+    try:
+        # The Trainer pickles its arguments there; the folder is this run's own output.
+        old = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - missing, or pickled by another version: nothing to compare
+        logger.warning("%s: not readable (%s); its CrAM settings are not compared with this run's.",
+                       path, err)
+        return []
+    return [
+        f"{name}: {_setting(old, name)!r} -> {_setting(args, name)!r}"
+        for name in CRAM_SETTINGS
+        if _setting(old, name) != _setting(args, name)
+    ]
+
+
+def _setting(args, name: str):
+    value = getattr(args, name, None)
+    if name == "cram_sparsities" and value is not None:
+        # Canonical names: older versions stored 0.5 where the current one stores "0.5".
+        return [level_name(parse_level(v, name)) for v in value]
+    return value
+
+
+def check_model_fits(config, model_class, args: CrAMConfig, eval_levels: Sequence = (), **hub_kwargs) -> None:
+    """Before data or weights are loaded: ``--cram_targets`` match parameters of ``model_class`` built from
+    ``config`` (a meta-device skeleton, no weights read) and every N:M level of ``--cram_sparsities`` and
+    ``--eval_sparsities`` divides the targets' input dimensions. ``config`` is a config, or the name or path
+    ``AutoConfig`` loads it from (with ``hub_kwargs``), only when there is something to check."""
+    from .checkpoint import meta_model
+    from .pruning import check_levels_fit
+
+    if args.cram_targets is None and not args.cram_sparsities and not eval_levels:
+        return  # nothing is pruned and no regex given: the targets are not needed
+    if isinstance(config, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config, **hub_kwargs)
+    skeleton = meta_model(config, model_class, trust_remote_code=hub_kwargs.get("trust_remote_code", False))
+    if skeleton is None:
+        return
+    for levels, name in ((args.cram_sparsities, "cram_sparsities"), (eval_levels, "eval_sparsities")):
+        validated(check_levels_fit, skeleton, levels, args.cram_targets, levels_name=name,
+                  targets_name="cram_targets")
 
 
 def setup_keep_sparsity(model: nn.Module, model_path, args: SparseTransferArguments,

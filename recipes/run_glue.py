@@ -41,11 +41,13 @@ from transformers import (
 
 from cram_hf import CrAMTrainer
 from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
+from cram_hf.arguments import UsageError, check_not_empty, run_recipe, setup_logging
 from cram_hf.arguments import parse_args as parse_recipe_args
-from cram_hf.arguments import setup_logging
+from cram_hf.checkpoint import check_model_source
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
+    check_model_fits,
     check_model_path,
     evaluate_sparsities,
     setup_keep_sparsity,
@@ -116,6 +118,7 @@ class DataTrainingArguments:
                     raise ValueError(f"{name}: {path!r} should be a csv, json or jsonl file.")
                 if not os.path.isfile(path):
                     raise ValueError(f"{name}: {path!r} does not exist.")
+                check_not_empty(path, name)
         if self.max_seq_length < 8:
             raise ValueError(f"max_seq_length: must be at least 8, got {self.max_seq_length}.")
 
@@ -136,6 +139,10 @@ class ModelArguments:
         default=False, metadata={"help": "Re-initialise a classification head of a different size."}
     )
 
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "model_name_or_path")
+        check_model_path(self.model_name_or_path)
+
 
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
@@ -152,7 +159,9 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
     if data_args.text_column_names is not None:
         names = [c.strip() for c in data_args.text_column_names.split(",") if c.strip()]
         if not 1 <= len(names) <= 2:
-            raise ValueError(f"text_column_names: give one or two columns, got {data_args.text_column_names!r}.")
+            raise UsageError(
+                f"text_column_names: give one or two columns, got {data_args.text_column_names!r}."
+            )
     elif "sentence1" in columns and "sentence2" in columns:
         names = ["sentence1", "sentence2"]
     else:
@@ -161,7 +170,7 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
             if c != data_args.label_column_name and getattr(split.features[c], "dtype", None) in ("string", "large_string")
         ]
         if not strings:
-            raise ValueError(
+            raise UsageError(
                 f"No text column found: the data has columns {columns} and none of them (apart from the label "
                 f"column {data_args.label_column_name!r}) holds text. Pass --text_column_names."
             )
@@ -169,7 +178,7 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
     for split_name, split_data in raw_datasets.items():
         missing = [c for c in names if c not in split_data.column_names]
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"text_column_names: column(s) {missing} missing from the {split_name} data (columns: "
                 f"{split_data.column_names})."
             )
@@ -182,7 +191,11 @@ def main(argv=None):
     setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
-        raise ValueError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+        raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                  trust_remote_code=model_args.trust_remote_code)
+    check_model_fits(model_args.config_name or model_args.model_name_or_path,
+                     AutoModelForSequenceClassification, training_args, sparse_args.eval_sparsities, **common)
     set_seed(training_args.seed)
 
     # ---- data: loaded and checked before the model, so bad inputs fail fast ----
@@ -203,11 +216,11 @@ def main(argv=None):
               ("test_matched" if data_args.task_name == "mnli" else "test", "--do_predict", "--test_file"))
     for split, flag, file_flag in needed:
         if getattr(training_args, flag[2:]) and split not in raw_datasets:
-            raise ValueError(f"{flag} needs {split} data: pass {file_flag}.")
+            raise UsageError(f"{flag} needs {split} data: pass {file_flag}.")
     label_column = "label" if data_args.task_name is not None else data_args.label_column_name
     for split in ("train", validation_split):
         if split in raw_datasets and label_column not in raw_datasets[split].column_names:
-            raise ValueError(
+            raise UsageError(
                 f"label_column_name: no column {label_column!r} in the {split} data (columns: "
                 f"{raw_datasets[split].column_names})."
             )
@@ -229,9 +242,6 @@ def main(argv=None):
     num_labels = 1 if is_regression else len(label_list)
 
     # ---- model ----
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                  trust_remote_code=model_args.trust_remote_code)
-    check_model_path(model_args.model_name_or_path)
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
         finetuning_task=data_args.task_name or "text-classification", **common,
@@ -370,4 +380,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -28,13 +28,19 @@ from transformers import (
     HfArgumentParser,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from cram_hf import CrAMConfig
-from cram_hf.arguments import none_to_empty, parse_args, setup_logging
+from cram_hf.arguments import (
+    UsageError,
+    check_not_empty,
+    none_to_empty,
+    parse_args,
+    run_recipe,
+    setup_logging,
+)
+from cram_hf.checkpoint import check_model_source
 from cram_hf.compression import parse_level
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
-from cram_hf.transfer import evaluate_sparsities
+from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())
@@ -66,9 +72,8 @@ class ModelArguments:
             raise ValueError("model_name_or_path: give a model (or --config_name/--model_type to train from scratch).")
         if self.model_type is not None and self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type: {self.model_type!r} is not a masked-LM type ({', '.join(MODEL_TYPES)}).")
-        if self.model_name_or_path and self.model_name_or_path.startswith((".", "/")):
-            if not os.path.isdir(self.model_name_or_path):
-                raise ValueError(f"model_name_or_path: local folder {self.model_name_or_path!r} does not exist.")
+        if self.model_name_or_path:
+            check_model_source(self.model_name_or_path, "model_name_or_path")
 
 
 @dataclass
@@ -110,6 +115,7 @@ class DataTrainingArguments:
                 raise ValueError(f"{name}: {path!r} must be one of {', '.join(TEXT_EXTENSIONS)}.")
             if not os.path.isfile(path):
                 raise ValueError(f"{name}: {path!r} does not exist.")
+            check_not_empty(path, name)
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}.")
         if not 0 <= self.validation_split_percentage < 100:
@@ -146,20 +152,28 @@ def load_raw_datasets(data_args, model_args):
     return raw
 
 
-def load_model_and_tokenizer(model_args):
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                  trust_remote_code=model_args.trust_remote_code)
+def hub_kwargs(model_args) -> dict:
+    return dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                trust_remote_code=model_args.trust_remote_code)
+
+
+def load_config(model_args):
+    common = hub_kwargs(model_args)
     if model_args.config_name:
-        config = AutoConfig.from_pretrained(model_args.config_name, **common)
-    elif model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
-    else:
-        config = CONFIG_MAPPING[model_args.model_type]()
-        if model_args.config_overrides:
-            config.update_from_string(model_args.config_overrides)
+        return AutoConfig.from_pretrained(model_args.config_name, **common)
+    if model_args.model_name_or_path:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
+    config = CONFIG_MAPPING[model_args.model_type]()
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    return config
+
+
+def load_model_and_tokenizer(model_args, config):
+    common = hub_kwargs(model_args)
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
     if tokenizer_source is None:
-        raise ValueError("tokenizer_name: training from scratch needs --tokenizer_name.")
+        raise UsageError("tokenizer_name: training from scratch needs --tokenizer_name.")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **common)
     if model_args.model_name_or_path:
         model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path, config=config, **common)
@@ -171,25 +185,32 @@ def load_model_and_tokenizer(model_args):
     return model, tokenizer
 
 
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataTrainingArguments, RecipeConfig))
+
+
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, CrAMConfig))
-    model_args, data_args, training_args = parse_args(parser, argv)
+    model_args, data_args, training_args = parse_args(build_parser(), argv)
 
     setup_logging(training_args, logger)
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.do_train:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info(f"Checkpoint found at {last_checkpoint}: resuming from it.")
+    # Checked before any data or weights are read.
+    resume = last_checkpoint(training_args)
+    if resume is not None:
+        logger.info(f"Checkpoint found at {resume}: resuming from it.")
+    config = load_config(model_args)
+    check_model_fits(config, AutoModelForMaskedLM, training_args, data_args.eval_sparsities or (),
+                     trust_remote_code=model_args.trust_remote_code)
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, model_args)
     if training_args.do_train and "train" not in raw:
-        raise ValueError("do_train: needs a train split (--train_file or --dataset_name).")
+        raise UsageError("do_train: needs a train split (--train_file or --dataset_name).")
     if training_args.do_eval and "validation" not in raw:
-        raise ValueError("do_eval: needs a validation split (--validation_file or --validation_split_percentage).")
-    model, tokenizer = load_model_and_tokenizer(model_args)
+        raise UsageError(
+            "do_eval: needs a validation split (--validation_file or --validation_split_percentage)."
+        )
+    model, tokenizer = load_model_and_tokenizer(model_args, config)
 
     max_seq_length = min(data_args.max_seq_length or tokenizer.model_max_length, 1024, tokenizer.model_max_length)
     with training_args.main_process_first(desc="dataset map tokenization"):
@@ -215,7 +236,7 @@ def main(argv=None):
                           processing_class=tokenizer, data_collator=collator)
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+        checkpoint = training_args.resume_from_checkpoint or resume
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = train_result.metrics
@@ -253,4 +274,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -50,11 +50,13 @@ from cram_hf.qa import (
     prepare_train_features,
     prepare_validation_features,
 )
+from cram_hf.arguments import UsageError, check_not_empty, run_recipe, setup_logging, validated
 from cram_hf.arguments import parse_args as parse_recipe_args
-from cram_hf.arguments import setup_logging
+from cram_hf.checkpoint import check_model_source
 from cram_hf.transfer import (
     FinetuneConfig,
     SparseTransferArguments,
+    check_model_fits,
     check_model_path,
     evaluate_sparsities,
     setup_keep_sparsity,
@@ -76,6 +78,10 @@ class ModelArguments:
     model_revision: str = field(default="main", metadata={"help": "Model version (branch, tag or commit)."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "model_name_or_path")
+        check_model_path(self.model_name_or_path)
 
 
 @dataclass
@@ -119,6 +125,7 @@ class DataTrainingArguments:
                     raise ValueError(f"{name}: {path!r} should be a SQuAD-format json or jsonl file.")
                 if not os.path.isfile(path):
                     raise ValueError(f"{name}: {path!r} does not exist.")
+                check_not_empty(path, name)
         for name in ("doc_stride", "n_best_size", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}.")
@@ -138,7 +145,11 @@ def main(argv=None):
     setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
-        raise ValueError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+        raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                  trust_remote_code=model_args.trust_remote_code)
+    check_model_fits(model_args.config_name or model_args.model_name_or_path, AutoModelForQuestionAnswering,
+                     training_args, sparse_args.eval_sparsities, **common)
     set_seed(training_args.seed)
 
     # ---- data, checked before the model is loaded ----
@@ -147,7 +158,7 @@ def main(argv=None):
                                              cache_dir=model_args.cache_dir, token=model_args.token)
     else:
         raw_datasets = datasets.DatasetDict({
-            split: load_squad_file(path)
+            split: validated(load_squad_file, path)
             for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
                                 ("test", data_args.test_file))
             if path is not None
@@ -155,25 +166,24 @@ def main(argv=None):
     for split, flag, file_flag in (("train", "do_train", "--train_file"), ("validation", "do_eval", "--validation_file"),
                                    ("test", "do_predict", "--test_file")):
         if getattr(training_args, flag) and split not in raw_datasets:
-            raise ValueError(f"--{flag} needs {split} data: pass {file_flag}.")
+            raise UsageError(f"--{flag} needs {split} data: pass {file_flag}.")
     for split, data in raw_datasets.items():
         missing = [c for c in ("id", QUESTION, CONTEXT, ANSWERS) if c not in data.column_names]
         if missing and not (split == "test" and missing == [ANSWERS]):
-            raise ValueError(f"The {split} data lacks column(s) {missing} (columns: {data.column_names}).")
+            raise UsageError(f"The {split} data lacks column(s) {missing} (columns: {data.column_names}).")
 
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                  trust_remote_code=model_args.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **common)
-    check_fast_tokenizer(tokenizer)
+    validated(check_fast_tokenizer, tokenizer)
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     if data_args.max_seq_length > tokenizer.model_max_length:
         logger.warning(f"max_seq_length {data_args.max_seq_length} > the model's maximum "
                        f"{tokenizer.model_max_length}; using {max_seq_length}.")
     if data_args.doc_stride >= max_seq_length:
-        raise ValueError(f"doc_stride ({data_args.doc_stride}) must be smaller than the window ({max_seq_length}).")
+        raise UsageError(
+            f"doc_stride ({data_args.doc_stride}) must be smaller than the window ({max_seq_length})."
+        )
 
     # ---- model ----
-    check_model_path(model_args.model_name_or_path)
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **common)
     model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config, **common)
     keep_sparsity = setup_keep_sparsity(model, model_args.model_name_or_path, sparse_args,
@@ -271,4 +281,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

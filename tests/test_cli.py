@@ -67,6 +67,22 @@ def test_help_on_every_command(capsys):
         assert expected in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["prune", "--help"], ["sweep", "--help"], ["push", "--help"]])
+def test_help_imports_neither_torch_nor_transformers(argv):
+    """--help is instant: what it prints needs no torch (1-9 s to import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom cram_hf.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("imported: []"), result.stdout[-300:]
+
+
 def test_prune_writes_a_checkpoint_plain_from_pretrained_reads(models, tmp_path, capsys):
     out = tmp_path / "p70"
     assert (

@@ -211,6 +211,20 @@ def test_push_in_offline_mode_is_refused_clearly(tmp_path, monkeypatch):
         push_to_hub(_checkpoint(tmp_path), "me/tiny", token=TOKEN, endpoint="http://127.0.0.1:9")
 
 
+def test_offline_without_a_token_names_offline_mode_not_the_token(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    folder = _checkpoint(tmp_path)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        push_to_hub(folder, "me/tiny", endpoint="http://127.0.0.1:9")
+    assert main(["push", str(folder), "--repo_id", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set" in err and "token" not in err.lower()
+
+
 def test_unreachable_endpoint_gives_a_clear_error_and_changes_nothing(tmp_path, online):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -294,7 +308,7 @@ def test_cli_push_and_prune_with_push_to_hub(tmp_path, fake_hub, monkeypatch, ca
     assert fake_hub.repos["me/pruned"]["visibility"] == "private"
 
 
-def test_cli_prune_with_push_but_no_token_fails_before_loading(tmp_path, monkeypatch, capsys):
+def test_cli_prune_with_push_but_no_token_fails_before_loading(tmp_path, online, monkeypatch, capsys):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)

@@ -45,14 +45,10 @@ def load_recipe(script: str):
 
 
 def _parse_mlm(config_path):
-    from transformers import HfArgumentParser
-
-    from cram_hf import CrAMConfig
     from cram_hf.arguments import parse_args
 
     recipe = load_recipe("recipes/run_mlm_cram.py")
-    parser = HfArgumentParser((recipe.ModelArguments, recipe.DataTrainingArguments, CrAMConfig))
-    model_args, data_args, training_args = parse_args(parser, [config_path])
+    model_args, data_args, training_args = parse_args(recipe.build_parser(), [config_path])
     return {"model": model_args, "data": data_args, "training": training_args}
 
 
@@ -111,7 +107,8 @@ def parse_config(name, mirror):
     for generated in (header_field(lines, "generated") or "").split():
         assert generated.startswith("out/"), f"{name}: generated file {generated!r} must live under out/"
         os.makedirs(os.path.dirname(mirror / generated), exist_ok=True)
-        (mirror / generated).write_text("")  # a stand-in: parsing checks that the file exists, not its content
+        # A stand-in: parsing checks that the file exists and is not empty, not what it holds.
+        (mirror / generated).write_text("stand-in\n")
     path = _without_gpu(path, mirror)
     return script, lines, PARSERS[script](path)
 

@@ -156,8 +156,8 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
 
 @pytest.mark.parametrize("flags, rho, levels", [
     ([], 0.0, []),                                             # plain fine-tuning by default
-    (["--cram_rho", "0.1"], 0.1, [0.5, 0.6, 0.7, 0.8]),        # rho alone: CrAMConfig's default levels
-    (["--cram_sparsities", "0.5", "2:4"], 0.05, [0.5, "2:4"]),  # levels alone: CrAMConfig's default rho
+    (["--cram_rho", "0.1"], 0.1, ["0.5", "0.6", "0.7", "0.8"]),  # rho alone: CrAMConfig's default levels
+    (["--cram_sparsities", "0.5", "2:4"], 0.05, ["0.5", "2:4"]),  # levels alone: CrAMConfig's default rho
     (["--cram_sparsities", "none"], 0.0, []),
 ])
 def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, levels):
@@ -170,8 +170,16 @@ def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, lev
     assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (rho, levels, bool(levels) or rho > 0)
 
 
+def unloadable_model(directory):
+    """A folder that passes the model-path check (config.json, a weights file) but that loading would fail on
+    (OSError, not ValueError): errors raised instead come before the model loads."""
+    BertForMaskedLM(tiny_bert_config()).config.save_pretrained(directory)
+    (directory / "model.safetensors").write_text("not safetensors")
+    return str(directory)
+
+
 def test_glue_bad_inputs_fail_before_the_model_loads(tmp_path):
-    missing_model = str(tmp_path / "no-such-model")  # loading it would raise OSError, not ValueError
+    missing_model = unloadable_model(tmp_path / "unloadable-model")
     base = common_args(tmp_path / "out", tmp_path / "cache")
     with pytest.raises(ValueError, match="unknown task 'sst3'"):
         run_glue.main(["--model_name_or_path", missing_model, "--task_name", "sst3", "--do_eval", *base])
@@ -283,7 +291,7 @@ def test_qa_slow_tokenizer_is_a_clear_error(tmp_path):
     ByT5Tokenizer().save_pretrained(tmp_path / "slow")
     (tmp_path / "dev.json").write_text(json.dumps({"data": squad_examples(2, 0)}))
     with pytest.raises(ValueError, match="fast tokenizer"):
-        run_qa.main(["--model_name_or_path", str(tmp_path / "no-such-model"), "--tokenizer_name",
+        run_qa.main(["--model_name_or_path", unloadable_model(tmp_path / "unloadable"), "--tokenizer_name",
                      str(tmp_path / "slow"), "--validation_file", str(tmp_path / "dev.json"), "--do_eval",
                      *common_args(tmp_path / "out", tmp_path / "cache")])
     with pytest.raises(ValueError, match="do_train needs train data"):
