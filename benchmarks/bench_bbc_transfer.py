@@ -43,7 +43,8 @@ from cram_hf import CrAMConfig, CrAMTrainer
 from cram_hf.compression import parse_level
 from cram_hf.metrics import accuracy, f1
 from cram_hf.sparse_finetune import KeepSparsityCallback
-from cram_hf.transfer import pruned, write_json, write_text
+from cram_hf.files import write_json, write_text
+from cram_hf.transfer import pruned
 
 
 def parse_args(argv=None):

@@ -47,7 +47,8 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 from bench_bbc_transfer import encode, evaluate, load_bbc, log, one_shot, rewrite_report, setup_offline_minilm, sparse_finetune, train
 from cram_hf.compression import parse_level
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
-from cram_hf.transfer import pruned, write_json, write_text
+from cram_hf.files import write_json, write_text
+from cram_hf.transfer import pruned
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUSTEN = {split: os.path.join(HERE, "..", "recipes", "data", f"austen_pride_{split}.txt") for split in ("train", "eval")}

@@ -13,7 +13,7 @@ import yaml
 from transformers import HfArgumentParser
 
 
-NONE = "none"
+from .compression import NONE
 # What a bad argument raises while it is parsed and checked: FileNotFoundError & co. from the path checks.
 _ARGUMENT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
@@ -39,13 +39,6 @@ def check_not_empty(path: str, name: str) -> None:
             if chunk.strip():
                 return
     raise ValueError(f"{name}: {path!r} is empty; it needs at least one example.")
-
-
-def none_to_empty(values):
-    """``["none"]`` (how an empty list is spelled on the command line) -> ``[]``."""
-    if isinstance(values, (list, tuple)) and len(values) == 1 and str(values[0]).lower() == NONE:
-        return []
-    return values
 
 
 def _config_to_flags(config: dict, path: str) -> list[str]:

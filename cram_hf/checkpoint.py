@@ -23,15 +23,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .files import replacing
 from .compression import level_sparsity, parse_level
 from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
 
@@ -225,40 +223,6 @@ def _write_checkpoint(model, tmp, tokenizer, config, compact: bool) -> None:
         f.write("\n")
 
 
-def _chmod_like_makedirs(path: str) -> None:
-    # mkdtemp creates 0700; the final folder should get the permissions os.makedirs would give it.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
-def _remove_tree(path: str) -> None:
-    """``rmtree`` that finishes when interrupted once (Ctrl-C while a large checkpoint is deleted), so no
-    half-deleted folder stays behind."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
-def _move_into_place(tmp: str, out_dir: str) -> None:
-    """Replace ``out_dir`` by ``tmp`` with renames only (same parent, hence same filesystem). Whatever stops
-    it (an error, Ctrl-C), ``out_dir`` ends as the old or the new checkpoint and no ``.old-`` folder stays."""
-    # A name, not a folder (mkdtemp): a rename either happened or not, so the cleanup below knows the state.
-    old = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        if os.path.lexists(out_dir):
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if os.path.lexists(old) and not os.path.lexists(out_dir):
-            os.rename(old, out_dir)
-        raise
-    finally:
-        _remove_tree(old)
-
-
 def save_sparse(
     model: nn.Module,
     out_dir,
@@ -290,16 +254,8 @@ def save_sparse(
             num_pruned=report.num_pruned,
         )
     config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        _chmod_like_makedirs(tmp)
+    with replacing(out_dir, directory=True) as tmp:
         _write_checkpoint(model, tmp, tokenizer, config, compact)
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
     return config
 
 

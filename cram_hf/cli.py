@@ -257,10 +257,11 @@ def _base_model(path: str) -> str:
 
 def cmd_sweep(args) -> int:
     from .checkpoint import check_model_source, check_output_dir
-    from .sweep import check_metric, check_validation_file, parse_levels, run_sweep
+    from .compression import parse_levels
+    from .sweep import check_metric, check_validation_file, run_sweep
     from .targets import validate_patterns
 
-    _validated(parse_levels, args.sparsities)
+    _validated(parse_levels, args.sparsities, "--sparsities", required=True)
     _validated(check_validation_file, args.validation_file, args.task)
     _validated(check_metric, args.metric, args.task)
     _validated(validate_patterns, args.targets, "--targets")

@@ -54,6 +54,30 @@ def parse_level(value, name: str = "sparsity") -> Level:
     return value
 
 
+NONE = "none"  # how the empty list of levels is spelled on a command line (a list flag needs one value)
+
+
+def parse_levels(values, name: str = "sparsities", *, required: bool = False) -> list[Level]:
+    """The one parser for lists of levels: ``None``, ``[]`` or ``["none"]`` give ``[]``; a single value is a
+    list of one; each value goes through :func:`parse_level`; duplicates are dropped, order kept.
+    ``required``: an empty result is an error."""
+    if values is None:
+        values = []
+    elif isinstance(values, (str, int, float, tuple)) and not (isinstance(values, tuple) and len(values) != 2):
+        values = [values]
+    values = list(values)
+    if len(values) == 1 and str(values[0]).strip().lower() == NONE:
+        values = []
+    levels: list[Level] = []
+    for v in values:
+        level = parse_level(v, name)
+        if level not in levels:
+            levels.append(level)
+    if required and not levels:
+        raise ValueError(f"{name}: give at least one level, e.g. 0 0.5 0.7 0.9 2:4.")
+    return levels
+
+
 def level_name(level: Level) -> str:
     """``0.7`` -> ``"0.7"``, ``(2, 4)`` -> ``"2:4"``."""
     if isinstance(level, tuple):

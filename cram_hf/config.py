@@ -9,8 +9,7 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
-from .arguments import none_to_empty
-from .compression import SCOPES, level_name, parse_level
+from .compression import SCOPES, level_name, parse_level, parse_levels
 from .targets import validate_patterns
 
 DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
@@ -119,13 +118,8 @@ class CrAMConfig(TrainingArguments):
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
             raise ValueError(f"cram_rho: must be a finite number >= 0, got {self.cram_rho!r}.")
         self.cram_rho = float(rho)
-        sparsities = none_to_empty(self.cram_sparsities)
-        if sparsities is None:
-            sparsities = []
-        if isinstance(sparsities, (str, int, float)):
-            sparsities = [sparsities]
         # Canonical strings, so the field holds what its type says: "0.5", "2:4".
-        self.cram_sparsities = [level_name(parse_level(v, "cram_sparsities")) for v in sparsities]
+        self.cram_sparsities = [level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")]
         if self.cram_scope not in SCOPES:
             raise ValueError(f"cram_scope: must be one of {SCOPES}, got {self.cram_scope!r}.")
         if isinstance(self.cram_targets, str):

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .arguments import check_not_empty
-from .compression import Level, level_name, level_sparsity, parse_level
+from .compression import Level, level_name, level_sparsity, parse_levels
 from .pruning import check_levels_fit, prune
 from .sweep_options import (  # noqa: F401 - part of this module's interface
     DEFAULT_LEVELS,
@@ -36,18 +36,6 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- arguments
-
-
-def parse_levels(values: Sequence, name: str = "--sparsities") -> list[Level]:
-    """Parse and de-duplicate levels, keeping the given order."""
-    if not values:
-        raise ValueError(f"{name}: give at least one level, e.g. 0 0.5 0.7 0.9 2:4.")
-    levels = []
-    for v in values:
-        level = parse_level(v, name)
-        if level not in levels:
-            levels.append(level)
-    return levels
 
 
 def _extension(path: str) -> str:
@@ -392,7 +380,7 @@ def run_sweep(
     from .checkpoint import check_writable_dir
 
     # Everything checkable before a model is loaded or the data read.
-    levels = parse_levels(levels)
+    levels = parse_levels(levels, "--sparsities", required=True)
     metric = check_metric(metric, task)
     check_validation_file(validation_file, task)
     if task == "mlm":

@@ -15,19 +15,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .arguments import UsageError, none_to_empty, validated
+from .files import write_json
+from .arguments import UsageError, validated
 from .checkpoint import check_writable_dir
-from .compression import SCOPES, level_name, level_sparsity, parse_level
+from .compression import SCOPES, level_name, level_sparsity, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
 from .targets import Patterns
@@ -71,10 +70,7 @@ class SparseTransferArguments:
     )
 
     def __post_init__(self):
-        if isinstance(self.eval_sparsities, (str, float, int)):
-            self.eval_sparsities = [self.eval_sparsities]
-        self.eval_sparsities = none_to_empty(self.eval_sparsities)
-        self.eval_sparsities = [level_name(parse_level(v, "eval_sparsities")) for v in self.eval_sparsities or []]
+        self.eval_sparsities = [level_name(v) for v in parse_levels(self.eval_sparsities, "eval_sparsities")]
         if self.eval_sparsity_scope not in SCOPES:
             raise ValueError(f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}.")
 
@@ -119,7 +115,8 @@ class FinetuneConfig(RecipeConfig):
     )
 
     def __post_init__(self):
-        self.cram_sparsities = none_to_empty(self.cram_sparsities)  # "--cram_sparsities none": explicitly none
+        if self.cram_sparsities is not None:  # "--cram_sparsities none": explicitly none
+            self.cram_sparsities = [level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")]
         rho_given, levels_given = self.cram_rho is not None, self.cram_sparsities is not None
         if not rho_given:
             self.cram_rho = _CRAM_DEFAULT_RHO if levels_given and self.cram_sparsities else 0.0
@@ -316,35 +313,6 @@ def format_table(result: dict) -> str:
 
 def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}"
-
-
-def _atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then move it into place, so a reader never sees
-    half a file. The file gets the usual permissions (``mkstemp`` would leave it private)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str, obj) -> None:
-    """``obj`` as indented JSON at ``path``, written atomically."""
-    _atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def write_text(path: str, text: str) -> None:
-    """``text`` at ``path``, written atomically."""
-    _atomic_write(path, text)
 
 
 def train_and_save(trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None) -> dict:

@@ -52,8 +52,8 @@ from cram_hf.transfer import (
     evaluate_sparsities,
     setup_keep_sparsity,
     train_and_save,
-    write_text,
 )
+from cram_hf.files import write_text
 
 task_to_keys = {
     "cola": ("sentence", None),

@@ -32,13 +32,12 @@ from transformers import (
 from cram_hf.arguments import (
     UsageError,
     check_not_empty,
-    none_to_empty,
     parse_args,
     run_recipe,
     setup_logging,
 )
 from cram_hf.checkpoint import check_model_source
-from cram_hf.compression import parse_level
+from cram_hf.compression import parse_levels
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
 from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
 
@@ -123,7 +122,7 @@ class DataTrainingArguments:
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"max_seq_length: must be >= 8, got {self.max_seq_length}.")
         if self.eval_sparsities is not None:
-            self.eval_sparsities = [parse_level(v, "eval_sparsities") for v in none_to_empty(self.eval_sparsities)]
+            self.eval_sparsities = parse_levels(self.eval_sparsities, "eval_sparsities")
 
 
 def load_raw_datasets(data_args, model_args):

@@ -61,8 +61,8 @@ from cram_hf.transfer import (
     evaluate_sparsities,
     setup_keep_sparsity,
     train_and_save,
-    write_json,
 )
+from cram_hf.files import write_json
 
 logger = logging.getLogger(__name__)
 

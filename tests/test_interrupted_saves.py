@@ -1,5 +1,5 @@
 """A save stopped by a full disk (ENOSPC) or Ctrl-C (KeyboardInterrupt) leaves the previous content in place
-and no ``.tmp-*`` / ``.old-*`` entries: save_sparse and the atomic writes of cram_hf.transfer."""
+and no ``.tmp-*`` / ``.old-*`` entries: save_sparse and the atomic writes of cram_hf.files."""
 
 import errno
 import json
@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_bert_config
 from transformers import BertForMaskedLM
 
-from cram_hf import transfer
+from cram_hf import files
 from cram_hf.checkpoint import SPARSITY_CONFIG, save_sparse
 from cram_hf.pruning import prune
 
@@ -80,7 +80,7 @@ def test_ctrl_c_while_the_replaced_checkpoint_is_deleted_leaves_no_old_folder(sa
 def test_atomic_writes_stopped_keep_the_old_file_and_leave_no_temporary(tmp_path, monkeypatch, stop, where):
     raise_, exc = STOPS[stop]
     path = tmp_path / "eval_sparsities.json"
-    transfer.write_json(str(path), {"old": 1})
+    files.write_json(str(path), {"old": 1})
     if where == "write":
         real_fdopen = os.fdopen
 
@@ -103,7 +103,7 @@ def test_atomic_writes_stopped_keep_the_old_file_and_leave_no_temporary(tmp_path
         monkeypatch.setattr(os, "fdopen", FullDisk)
     else:
         monkeypatch.setattr(os, "replace", raise_)
-    writes = (lambda: transfer.write_json(str(path), {"new": 2}), lambda: transfer.write_text(str(path), "x"))
+    writes = (lambda: files.write_json(str(path), {"new": 2}), lambda: files.write_text(str(path), "x"))
     for write in writes:
         with pytest.raises(exc):
             write()
