@@ -32,6 +32,7 @@ from torch import nn
 from .files import replacing
 from .compression import level_sparsity, parse_level
 from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
+from .targets import resolve_parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +114,15 @@ def sparsity_config_file(path) -> str:
     return path if path.endswith(".json") else os.path.join(path, SPARSITY_CONFIG)
 
 
-def read_sparsity_config(path) -> dict:
+def read_sparsity_config(path, required: bool = True) -> Optional[dict]:
+    """The ``sparsity_config.json`` of a checkpoint folder (or the file itself) as a dict. Without one (an
+    ordinary dense checkpoint, a Hub id, ``None``): an error, or ``None`` when not ``required``."""
+    if path is None and not required:
+        return None
     file = sparsity_config_file(path)
     if not os.path.isfile(file):
+        if not required:
+            return None
         raise FileNotFoundError(
             f"{os.fspath(path)!r} has no {SPARSITY_CONFIG}; it is not a cram_hf sparse checkpoint."
         )
@@ -380,7 +387,6 @@ def _match_prefix(state: dict, model: nn.Module) -> dict:
 def verify_sparsity(model: nn.Module, config: dict, where: str = "") -> None:
     """Raise ``ValueError`` unless the model's zeros match ``sparsity_config.json`` exactly (per matrix) and
     every target satisfies the N:M pattern the config names."""
-    from .sparse_finetune import resolve_parameter_names
 
     saved = config["targets"]
     # Names recorded with one class (bert.encoder...) map onto another (encoder...) by dotted suffix.

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
+from .compression import SCOPES, check_nm_shape, compression_masks, level_name, parse_level
 from .targets import Patterns, target_names, validate_patterns
 
 
@@ -203,8 +203,3 @@ def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
         return False
     nonzero = (weight.detach() != 0).reshape(-1, m).sum(1)
     return bool((nonzero <= n).all())
-
-
-def requested_sparsity(level) -> float:
-    """Nominal sparsity of a level (``0.7`` -> 0.7, ``"2:4"`` -> 0.5)."""
-    return level_sparsity(parse_level(level))

@@ -25,14 +25,14 @@ restores the weights inside ``training_step``, before any of the steps above, so
 from __future__ import annotations
 
 import logging
-import os
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .targets import Patterns, target_names
+from .checkpoint import read_sparsity_config
+from .targets import Patterns, resolve_parameter_names, target_names
 
 logger = logging.getLogger(__name__)
 
@@ -49,41 +49,6 @@ def masks_from_zeros(model: nn.Module, targets: Patterns = None, names=None) -> 
     params = dict(model.named_parameters())
     names = list(names) if names is not None else target_names(model, targets)
     return {n: params[n].detach() != 0 for n in names}
-
-
-def read_sparsity_config(path) -> Optional[dict]:
-    """The ``sparsity_config.json`` of a checkpoint directory (or the file itself), or ``None`` if it has none
-    (an ordinary dense checkpoint, or a Hub id)."""
-    from .checkpoint import read_sparsity_config as read_required, sparsity_config_file
-
-    if path is None or not os.path.isfile(sparsity_config_file(path)):
-        return None
-    return read_required(path)
-
-
-def resolve_parameter_names(model: nn.Module, names) -> list[str]:
-    """Map parameter names recorded with one model class onto ``model``.
-
-    A checkpoint pruned as ``BertForMaskedLM`` names ``bert.encoder.layer.0...``; a bare ``BertModel`` names
-    ``encoder.layer.0...``. A name matches exactly, or as a dotted suffix in either direction, and must match
-    exactly one parameter.
-    """
-    params = list(dict(model.named_parameters()))
-    available = set(params)
-    resolved = []
-    for name in names:
-        if name in available:
-            resolved.append(name)
-            continue
-        hits = [p for p in params if p.endswith("." + name) or name.endswith("." + p)]
-        if len(hits) != 1:
-            what = "no parameter" if not hits else f"{len(hits)} parameters ({', '.join(hits[:3])})"
-            raise ValueError(
-                f"sparsity_config targets: {name!r} matches {what} of the model "
-                f"({type(model).__name__}); the checkpoint and the model disagree on the pruned matrices."
-            )
-        resolved.append(hits[0])
-    return resolved
 
 
 def target_sparsity(model: nn.Module, names) -> float:
@@ -136,7 +101,7 @@ class KeepSparsityCallback(TrainerCallback):
     def from_checkpoint(cls, model: nn.Module, path, **kwargs) -> "KeepSparsityCallback":
         """Masks for the matrices a checkpoint's ``sparsity_config.json`` lists (default targets if it lists
         none), taken from their zeros in ``model`` (loaded from that checkpoint)."""
-        config = read_sparsity_config(path)
+        config = read_sparsity_config(path, required=False)
         if config is None:
             raise ValueError(f"{path}: no sparsity_config.json found; use KeepSparsityCallback.from_model.")
         names = config.get("targets")
@@ -236,7 +201,7 @@ def keep_sparsity_callback(
     if keep is False:
         return None
     # The checkpoint's own record of what was pruned wins over ``targets`` (which only guesses it).
-    config = read_sparsity_config(model_path)
+    config = read_sparsity_config(model_path, required=False)
     if config is not None:
         callback = KeepSparsityCallback.from_checkpoint(model, model_path)
         source = f"sparsity_config.json of {model_path}"

@@ -160,6 +160,31 @@ def check_trainable_targets(targets: Sequence[tuple[str, nn.Parameter]], name: s
     )
 
 
+def resolve_parameter_names(model: nn.Module, names) -> list[str]:
+    """Map parameter names recorded with one model class onto ``model``.
+
+    A checkpoint pruned as ``BertForMaskedLM`` names ``bert.encoder.layer.0...``; a bare ``BertModel`` names
+    ``encoder.layer.0...``. A name matches exactly, or as a dotted suffix in either direction, and must match
+    exactly one parameter.
+    """
+    params = list(dict(model.named_parameters()))
+    available = set(params)
+    resolved = []
+    for name in names:
+        if name in available:
+            resolved.append(name)
+            continue
+        hits = [p for p in params if p.endswith("." + name) or name.endswith("." + p)]
+        if len(hits) != 1:
+            what = "no parameter" if not hits else f"{len(hits)} parameters ({', '.join(hits[:3])})"
+            raise ValueError(
+                f"sparsity_config targets: {name!r} matches {what} of the model "
+                f"({type(model).__name__}); the checkpoint and the model disagree on the pruned matrices."
+            )
+        resolved.append(hits[0])
+    return resolved
+
+
 def unique_trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """Trainable parameters without duplicates (tied weights appear once)."""
     out, seen = [], set()

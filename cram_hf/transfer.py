@@ -224,9 +224,9 @@ def save_sparsity_config(model: nn.Module, output_dir: str, callback: KeepSparsi
     config when there is one; the figures are measured on the fine-tuned weights."""
     from .checkpoint import SPARSITY_CONFIG, sparsity_config
     from .pruning import sparsity_report_for
-    from .sparse_finetune import read_sparsity_config
+    from .checkpoint import read_sparsity_config
 
-    source = read_sparsity_config(model_path) or {}
+    source = read_sparsity_config(model_path, required=False) or {}
     how = {k: source.get(k) for k in ("level", "scope")}
     how["method"] = source.get("method") or "measured"
     if how["method"] == "measured":

@@ -43,7 +43,7 @@ from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())
-TEXT_EXTENSIONS = ("txt", "csv", "json", "jsonl")
+DATA_EXTENSIONS = ("txt", "csv", "json", "jsonl")
 
 
 @dataclass
@@ -110,8 +110,8 @@ class DataTrainingArguments:
             path = getattr(self, name)
             if path is None:
                 continue
-            if path.rsplit(".", 1)[-1] not in TEXT_EXTENSIONS:
-                raise ValueError(f"{name}: {path!r} must be one of {', '.join(TEXT_EXTENSIONS)}.")
+            if path.rsplit(".", 1)[-1] not in DATA_EXTENSIONS:
+                raise ValueError(f"{name}: {path!r} must be one of {', '.join(DATA_EXTENSIONS)}.")
             if not os.path.isfile(path):
                 raise ValueError(f"{name}: {path!r} does not exist.")
             check_not_empty(path, name)

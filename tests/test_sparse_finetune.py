@@ -13,8 +13,8 @@ from cram_hf.sparse_finetune import (
     KeepSparsityCallback,
     keep_sparsity_callback,
     masks_from_zeros,
-    resolve_parameter_names,
 )
+from cram_hf.targets import resolve_parameter_names
 from cram_hf.targets import target_names
 
 
