@@ -44,7 +44,7 @@ from cram_hf.compression import parse_level
 from cram_hf.metrics import accuracy, f1
 from cram_hf.sparse_finetune import KeepSparsityCallback
 from cram_hf.files import write_json, write_text
-from cram_hf.transfer import pruned
+from cram_hf.pruning import one_shot
 
 
 def parse_args(argv=None):
@@ -181,14 +181,19 @@ def evaluate(model, batches) -> dict:
     return {"accuracy": accuracy(preds, labels), "macro_f1": f1(preds, labels, average="macro")}
 
 
-def one_shot(model, batches, levels) -> dict:
-    """Dense and one-shot pruned results of ``model`` (restored afterwards)."""
-    out = {"dense": {**evaluate(model, batches), "target_sparsity": 0.0}}
-    for level in levels:
-        with pruned(model, level) as report:
-            out[level] = {**evaluate(model, batches), "target_sparsity": report.target_sparsity}
-        log(f"    {level:>4}: accuracy {out[level]['accuracy']:.4f}")
+def by_level(dense: dict, rows: list) -> dict:
+    """This benchmark's JSON layout of one-shot records: level -> metrics and the achieved sparsity."""
+    out = {"dense": {**dense, "target_sparsity": 0.0}}
+    for row in rows:
+        out[row["level"]] = {m: row[m] for m in dense} | {"target_sparsity": row["achieved_sparsity"]}
     return out
+
+
+def bbc_one_shot(model, batches, levels) -> dict:
+    """Dense and one-shot pruned accuracy of ``model`` (the library's one-shot loop; restored afterwards)."""
+    rows = one_shot(model, levels, lambda m: evaluate(m, batches),
+                    on_row=lambda r: log(f"    {r['level']:>4}: accuracy {r['accuracy']:.4f}"))
+    return by_level(evaluate(model, batches), rows)
 
 
 def sparse_finetune(model, level, train_set, batches, tokenizer, args, *, name, workdir) -> dict:
@@ -348,7 +353,7 @@ def main(argv=None):
             result["timing"][key] = train(model, train_set, tokenizer, args, name=key, steps=args.train_steps,
                                           lr=args.learning_rate, cram=cram, workdir=workdir)
             log(f"({'c' if cram else 'b'}) one-shot pruning of the {key} model")
-            result["oneshot"][key] = one_shot(model, batches, args.levels)
+            result["oneshot"][key] = bbc_one_shot(model, batches, args.levels)
             log(f"  dense accuracy {result['oneshot'][key]['dense']['accuracy']:.4f}")
             models[key] = model
         for key, model in models.items():

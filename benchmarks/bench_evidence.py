@@ -44,11 +44,11 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from bench_bbc_transfer import encode, evaluate, load_bbc, log, one_shot, rewrite_report, setup_offline_minilm, sparse_finetune, train
+from bench_bbc_transfer import bbc_one_shot, by_level, encode, evaluate, load_bbc, log, rewrite_report, setup_offline_minilm, sparse_finetune, train
 from cram_hf.compression import parse_level
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
 from cram_hf.files import write_json, write_text
-from cram_hf.transfer import pruned
+from cram_hf.pruning import one_shot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUSTEN = {split: os.path.join(HERE, "..", "recipes", "data", f"austen_pride_{split}.txt") for split in ("train", "eval")}
@@ -135,20 +135,17 @@ def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsit
     name = f"bbc-{'cram' if cram else 'adamw'}-s{seed}"
     timing = train(model, data.bbc_train, data.tokenizer, run_args(args, seed=seed, rho=rho, sparsities=sparsities),
                    name=name, steps=steps, lr=lr, cram=cram, workdir=workdir)
-    return {"oneshot": one_shot(model, data.bbc_batches, args.levels), **timing}
+    return {"oneshot": bbc_one_shot(model, data.bbc_batches, args.levels), **timing}
 
 
 def mlm_one_shot(model, data, levels) -> dict:
-    def score():
-        r = evaluate_mlm(model, data.mlm_eval, data.mlm_eval_collator, batch_size=64)
+    def score(m):
+        r = evaluate_mlm(m, data.mlm_eval, data.mlm_eval_collator, batch_size=64)
         return {"loss": r["loss"], "accuracy": r["accuracy"]}
 
-    out = {"dense": {**score(), "target_sparsity": 0.0}}
-    for level in levels:
-        with pruned(model, level) as report:
-            out[level] = {**score(), "target_sparsity": report.target_sparsity}
-        log(f"    {level:>4}: MLM loss {out[level]['loss']:.3f}, accuracy {out[level]['accuracy']:.4f}")
-    return out
+    rows = one_shot(model, levels, score,
+                    on_row=lambda r: log(f"    {r['level']:>4}: MLM loss {r['loss']:.3f}, accuracy {r['accuracy']:.4f}"))
+    return by_level(score(model), rows)
 
 
 def upstream(args, data, model_path, workdir, *, seed, cram):

@@ -3,7 +3,6 @@ how their user errors reach the terminal (one line, no traceback)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
@@ -30,15 +29,6 @@ def run_recipe(main: Callable) -> None:
     except UsageError as err:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def check_not_empty(path: str, name: str) -> None:
-    """Refuse a data file with nothing but whitespace in it (``datasets`` fails on it with a traceback)."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return
-    raise ValueError(f"{name}: {path!r} is empty; it needs at least one example.")
 
 
 def _config_to_flags(config: dict, path: str) -> list[str]:

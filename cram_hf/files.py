@@ -4,6 +4,7 @@ into place, so a reader never sees half of it and an interrupted write leaves no
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -86,3 +87,12 @@ def write_text(path, text: str) -> None:
 def write_json(path, obj) -> None:
     """``obj`` as indented JSON at ``path``, written atomically."""
     write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def check_not_empty(path: str, name: str) -> None:
+    """Refuse a data file with nothing but whitespace in it (``datasets`` fails on it with a traceback)."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return
+    raise ValueError(f"{name}: {path!r} is empty; it needs at least one example.")

@@ -1,4 +1,5 @@
-"""One-shot pruning of a model's target weights, and the sparsity figures of any model.
+"""One-shot pruning of a model's target weights, the one-shot loop (prune → evaluate → restore at each
+level, one record per level, one table), and the sparsity figures of any model.
 
 ``prune`` zeroes target weights in place with magnitude Top-K (ranked over all targets together or per
 matrix) or an N:M pattern, using the operators of :mod:`cram_hf.compression`; every other parameter and
@@ -7,14 +8,15 @@ every kept weight stays bit-for-bit what it was. ``sparsity_report`` reads the s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .compression import SCOPES, check_nm_shape, compression_masks, level_name, parse_level
+from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
 from .targets import Patterns, target_names, validate_patterns
 
 
@@ -203,3 +205,92 @@ def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
         return False
     nonzero = (weight.detach() != 0).reshape(-1, m).sum(1)
     return bool((nonzero <= n).all())
+
+
+@contextlib.contextmanager
+def pruned(model: nn.Module, level, scope: str = "global", targets: Patterns = None):
+    """Prune ``model`` in place for the duration of the block, then put every weight back bit-exactly.
+
+    Cheaper than a deep copy (only the target matrices are saved) and a Trainer keeps evaluating the very
+    module it wraps. Yields the :class:`SparsityReport`.
+    """
+    _, names = validate_pruning(model, level, scope, targets)
+    params = dict(model.named_parameters())
+    saved = {n: params[n].detach().clone() for n in names}
+    try:
+        yield prune(model, level, scope=scope, targets=targets)
+    finally:
+        with torch.no_grad():
+            for n, value in saved.items():
+                params[n].copy_(value)
+
+
+def one_shot(
+    model: nn.Module,
+    levels: Sequence,
+    evaluate: Callable[[nn.Module], dict],
+    *,
+    scope: str = "global",
+    targets: Patterns = None,
+    label: Optional[str] = None,
+    on_row: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """The one-shot loop: for each level, prune ``model`` in place, call ``evaluate(model)`` (a dict of
+    metrics), and put every weight back bit-exactly. Returns one record per level::
+
+        {"model": label, "level": "0.7", "pattern": None, "sparsity": 0.7, "achieved_sparsity": ...,
+         "model_sparsity": ..., <metric>: ..., "prune_seconds": ..., "eval_seconds": ...}
+
+    (``pattern`` is ``"2:4"`` for N:M levels). Every level is checked against the model before the first is
+    evaluated. ``on_row`` sees each record as soon as it exists (progress, a streamed table).
+    """
+    parsed = [parse_level(level, "levels") for level in levels]
+    for level in dict.fromkeys(parsed):
+        validate_pruning(model, level, scope, targets)
+    rows = []
+    for level in parsed:
+        t0 = time.perf_counter()
+        with pruned(model, level, scope, targets) as report:
+            t1 = time.perf_counter()
+            metrics = evaluate(model)
+            t2 = time.perf_counter()
+        name = level_name(level)
+        rows.append({
+            "model": label,
+            "level": name,
+            "pattern": name if isinstance(level, tuple) else None,
+            "sparsity": level_sparsity(level),
+            "achieved_sparsity": report.target_sparsity,
+            "model_sparsity": report.model_sparsity,
+            **metrics,
+            "prune_seconds": t1 - t0,
+            "eval_seconds": t2 - t1,
+        })
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
+
+
+def one_shot_table_header(metrics: Sequence[str], with_model: bool = False) -> str:
+    """The header lines of the one-shot table (Markdown), for printing rows as they come."""
+    cols = (["model"] if with_model else []) + ["level", "target sparsity"] + list(metrics)
+    return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
+
+
+def one_shot_table_row(row: dict, metrics: Sequence[str], with_model: bool = False) -> str:
+    """One record of :func:`one_shot` (or a dense row: ``achieved_sparsity`` None) as a table row."""
+    sparsity = row.get("achieved_sparsity")
+    cells = ([str(row.get("model"))] if with_model else []) + [
+        str(row["level"]), "—" if sparsity is None else f"{sparsity:.4f}"]
+    cells += [f"{row[m]:.4f}" if isinstance(row.get(m), (int, float)) else "—" for m in metrics]
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_one_shot_table(rows: Sequence[dict], metrics: Sequence[str], dense: Optional[dict] = None,
+                          with_model: bool = False) -> str:
+    """The one table of one-shot results: ``dense`` metrics first (if given), then one row per record."""
+    lines = [one_shot_table_header(metrics, with_model)]
+    if dense is not None:
+        lines.append(one_shot_table_row({"level": "dense", "achieved_sparsity": None, **dense}, metrics, with_model))
+    lines += [one_shot_table_row(r, metrics, with_model) for r in rows]
+    return "\n".join(lines)

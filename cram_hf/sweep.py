@@ -7,22 +7,20 @@ labelled markers at their sparsity, since they are a different kind of compressi
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
 import math
 import os
-import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import check_not_empty
-from .compression import Level, level_name, level_sparsity, parse_levels
-from .pruning import check_levels_fit, prune
+from .files import check_not_empty
+from .compression import Level, level_name, parse_levels
+from .pruning import check_levels_fit, format_one_shot_table, one_shot, one_shot_table_header, one_shot_table_row
 from .sweep_options import (  # noqa: F401 - part of this module's interface
     DEFAULT_LEVELS,
     HIGHER_IS_BETTER,
@@ -261,47 +259,6 @@ def _unique_labels(paths: Sequence[str], names: Optional[Sequence[str]]) -> list
     return [p if labels.count(l) > 1 else l for p, l in zip(paths, labels)]
 
 
-def sweep_model(
-    model,
-    levels: Sequence[Level],
-    evaluate: Callable,
-    *,
-    scope: str = "global",
-    targets=None,
-    label: str = "model",
-    on_row: Optional[Callable] = None,
-    bar=None,
-) -> list[dict]:
-    """Prune a deep copy of ``model`` at each level and evaluate it; ``model`` itself is not modified."""
-    rows = []
-    for level in levels:
-        pruned = copy.deepcopy(model)
-        t0 = time.perf_counter()
-        report = prune(pruned, level, scope=scope, targets=targets)
-        t1 = time.perf_counter()
-        metrics = evaluate(pruned)
-        t2 = time.perf_counter()
-        del pruned
-        is_nm = isinstance(level, tuple)
-        row = {
-            "model": label,
-            "level": level_name(level),
-            "pattern": level_name(level) if is_nm else None,
-            "sparsity": level_sparsity(level),
-            "achieved_sparsity": report.target_sparsity,
-            "model_sparsity": report.model_sparsity,
-            **metrics,
-            "prune_seconds": t1 - t0,
-            "eval_seconds": t2 - t1,
-        }
-        rows.append(row)
-        if on_row:
-            on_row(row)
-        if bar is not None:
-            bar.update(1)
-    return rows
-
-
 def label_config(path: str, label_names: Optional[Sequence[str]]) -> dict:
     """``from_pretrained`` overrides that give a checkpoint without a matching classifier the data's classes.
 
@@ -404,7 +361,7 @@ def run_sweep(
         "warnings": [],
     }
     label_names = _string_labels(validation_file, label_column) if task == "classification" else None
-    header = table_header(metrics)
+    header = one_shot_table_header(metrics, with_model=True)
     bar = tqdm(total=len(models) * len(levels), desc="sweep", disable=not progress, unit="level")
     write = bar.write if progress else print_fn
     write(header)
@@ -452,16 +409,13 @@ def run_sweep(
                 )
             record["models"].append({"name": label, "path": path, "missing_weights": missing})
             bar.set_postfix_str(label)
-            record["results"] += sweep_model(
-                model,
-                levels,
-                evaluate,
-                scope=scope,
-                targets=targets,
-                label=label,
-                on_row=lambda row: write(table_row(row, metrics)),
-                bar=bar,
-            )
+            def show(row):
+                write(one_shot_table_row(row, metrics, with_model=True))
+                bar.update(1)
+
+            # In place, restored bit-exactly after each level: no copy of the model per level.
+            record["results"] += one_shot(model, levels, evaluate, scope=scope, targets=targets, label=label,
+                                          on_row=show)
             del model
     finally:
         bar.close()
@@ -475,27 +429,9 @@ def run_sweep(
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def table_header(metrics: Sequence[str]) -> str:
-    cols = ["model", "level", "sparsity"] + list(metrics)
-    widths = [24, 6, 9] + [11] * len(metrics)
-    return "  ".join(c.ljust(w) for c, w in zip(cols, widths))
-
-
-def table_row(row: dict, metrics: Sequence[str]) -> str:
-    cells = [
-        str(row["model"])[:24].ljust(24),
-        row["level"].ljust(6),
-        f"{100 * row['achieved_sparsity']:.1f}%".ljust(9),
-    ]
-    cells += [
-        f"{row[m]:.4f}".ljust(11) if isinstance(row.get(m), (int, float)) else "".ljust(11) for m in metrics
-    ]
-    return "  ".join(cells)
-
-
 def format_table(record: dict) -> str:
-    metrics = METRICS[record["task"]]
-    return "\n".join([table_header(metrics)] + [table_row(r, metrics) for r in record["results"]])
+    """The sweep's results as the package's one-shot table (one row per model and level)."""
+    return format_one_shot_table(record["results"], METRICS[record["task"]], with_model=True)
 
 
 def write_csv(record: dict, path: str) -> None:

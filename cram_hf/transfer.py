@@ -8,13 +8,12 @@
   ``--cram_sparsities`` is given (``CrAMConfig`` itself defaults to CrAM on, which suits pre-training, not a
   plain fine-tune);
 * :func:`setup_keep_sparsity` — the mask-keeping callback when the model is sparse;
-* :func:`evaluate_sparsities` — one-shot pruning of the fine-tuned model at several levels, evaluated, as a
+* :func:`evaluate_sparsities` — the one-shot loop of :mod:`cram_hf.pruning` on the fine-tuned model, as a
   printed table and ``eval_sparsities.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field, fields
@@ -26,8 +25,9 @@ from torch import nn
 from .files import write_json
 from .arguments import UsageError, validated
 from .checkpoint import check_writable_dir
-from .compression import SCOPES, level_name, level_sparsity, parse_level, parse_levels
+from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
+from .pruning import format_one_shot_table, one_shot
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
 from .targets import Patterns
 
@@ -238,26 +238,6 @@ def save_sparsity_config(model: nn.Module, output_dir: str, callback: KeepSparsi
     return config
 
 
-@contextlib.contextmanager
-def pruned(model: nn.Module, level, scope: str = "global", targets: Patterns = None):
-    """Prune ``model`` in place for the duration of the block, then put every weight back bit-exactly.
-
-    Cheaper than a deep copy (only the target matrices are saved) and the Trainer keeps evaluating the very
-    module it wraps. Yields the :class:`~cram_hf.pruning.SparsityReport`.
-    """
-    from .pruning import prune, validate_pruning
-
-    _, names = validate_pruning(model, level, scope, targets)
-    params = dict(model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in names}
-    try:
-        yield prune(model, level, scope=scope, targets=targets)
-    finally:
-        with torch.no_grad():
-            for n, value in saved.items():
-                params[n].copy_(value)
-
-
 def quality_metrics(metrics: dict) -> dict:
     """Drop the Trainer's timing and bookkeeping entries."""
     return {
@@ -277,42 +257,19 @@ def evaluate_sparsities(
     dense_metrics: Optional[dict] = None,
     write: bool = True,
 ) -> dict:
-    """One-shot results after fine-tuning: for each level, prune ``model`` (in place, restored afterwards),
-    call ``evaluate()`` and keep its metrics. Prints a table and writes ``eval_sparsities.json`` in
-    ``output_dir``. ``dense_metrics`` saves re-evaluating the unpruned model."""
+    """One-shot results after fine-tuning (:func:`cram_hf.pruning.one_shot`: prune in place, ``evaluate()``,
+    restore): prints the table and writes ``eval_sparsities.json`` in ``output_dir``. ``dense_metrics`` saves
+    re-evaluating the unpruned model."""
     dense = quality_metrics(dense_metrics if dense_metrics is not None else evaluate())
-    rows = []
-    for level in levels:
-        with pruned(model, level, scope, targets) as report:
-            metrics = quality_metrics(evaluate())
-        rows.append({
-            "level": report.level,
-            "requested_sparsity": level_sparsity(parse_level(level)),
-            "achieved_sparsity": report.target_sparsity,
-            "metrics": metrics,
-        })
-        logger.info("one-shot %s: %s", report.level, metrics)
+    rows = one_shot(model, parse_levels(levels, "eval_sparsities"), lambda _: quality_metrics(evaluate()),
+                    scope=scope, targets=targets,
+                    on_row=lambda row: logger.info("one-shot %s: %s", row["level"], row))
     result = {"scope": scope, "targets": targets, "dense": dense, "levels": rows}
-    print(format_table(result))
+    metrics = [k for k in dense if not k.endswith("_loss")] or list(dense)
+    print(format_one_shot_table(rows, metrics, dense=dense))
     if write and output_dir:
         write_json(os.path.join(output_dir, EVAL_SPARSITIES_FILE), result)
     return result
-
-
-def format_table(result: dict) -> str:
-    """Markdown table: one row per level (dense first), one column per metric."""
-    keys = [k for k in result["dense"] if not k.endswith("_loss")] or list(result["dense"])
-    header = "| level | target sparsity | " + " | ".join(keys) + " |"
-    lines = [header, "|" + "---|" * (2 + len(keys))]
-    lines.append("| dense | — | " + " | ".join(_fmt(result["dense"].get(k)) for k in keys) + " |")
-    for row in result["levels"]:
-        cells = " | ".join(_fmt(row["metrics"].get(k)) for k in keys)
-        lines.append(f"| {row['level']} | {row['achieved_sparsity']:.4f} | {cells} |")
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "—" if value is None else f"{value:.4f}"
 
 
 def train_and_save(trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None) -> dict:

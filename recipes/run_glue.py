@@ -41,7 +41,8 @@ from transformers import (
 
 from cram_hf import CrAMTrainer
 from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
-from cram_hf.arguments import UsageError, check_not_empty, run_recipe, setup_logging
+from cram_hf.arguments import UsageError, run_recipe, setup_logging
+from cram_hf.files import check_not_empty
 from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.checkpoint import check_model_source
 from cram_hf.transfer import (

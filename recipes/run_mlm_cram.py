@@ -31,12 +31,12 @@ from transformers import (
 
 from cram_hf.arguments import (
     UsageError,
-    check_not_empty,
     parse_args,
     run_recipe,
     setup_logging,
 )
 from cram_hf.checkpoint import check_model_source
+from cram_hf.files import check_not_empty
 from cram_hf.compression import parse_levels
 from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
 from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint

@@ -50,7 +50,8 @@ from cram_hf.qa import (
     prepare_train_features,
     prepare_validation_features,
 )
-from cram_hf.arguments import UsageError, check_not_empty, run_recipe, setup_logging, validated
+from cram_hf.arguments import UsageError, run_recipe, setup_logging, validated
+from cram_hf.files import check_not_empty
 from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.checkpoint import check_model_source
 from cram_hf.transfer import (

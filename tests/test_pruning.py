@@ -177,3 +177,39 @@ def test_pruning_twice_to_a_higher_level_is_still_exact():
     prune(model, 0.5)
     report = prune(model, 0.8)
     assert report.target_zeros == round(0.8 * report.target_numel)
+
+
+def test_one_shot_evaluates_each_pruned_level_and_restores_the_model_bit_exactly():
+    from cram_hf.pruning import format_one_shot_table, one_shot
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_bert_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = default_target_names(model)
+    seen = []
+
+    def evaluate(m):
+        params = dict(m.named_parameters())
+        zeros = sum(int((params[n] == 0).sum()) for n in names)
+        seen.append(zeros / sum(params[n].numel() for n in names))
+        return {"accuracy": seen[-1]}
+
+    rows = one_shot(model, ["0.5", "2:4", 0.9], evaluate, label="tiny")
+    assert [r["level"] for r in rows] == ["0.5", "2:4", "0.9"] and rows[1]["pattern"] == "2:4"
+    assert seen == pytest.approx([0.5, 0.5, 0.9], abs=1e-3)  # evaluate saw the pruned model
+    assert [r["accuracy"] for r in rows] == seen and all(r["model"] == "tiny" for r in rows)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n  # restored bit for bit
+    table = format_one_shot_table(rows, ["accuracy"], dense={"accuracy": 0.0})
+    assert table.splitlines()[2] == "| dense | — | 0.0000 |"
+    assert table.splitlines()[4].startswith("| 2:4 | 0.5000 |")
+
+
+def test_one_shot_checks_every_level_before_evaluating_any():
+    from cram_hf.pruning import one_shot
+
+    model = BertForMaskedLM(tiny_bert_config(hidden_size=12, num_attention_heads=2, intermediate_size=36))
+    calls = []
+    with pytest.raises(ValueError, match="not divisible by M=8"):
+        one_shot(model, ["0.5", "4:8"], lambda m: calls.append(1) or {})
+    assert not calls

@@ -40,7 +40,20 @@ def base_args(tmp):
 
 
 def test_trains_and_writes_the_one_shot_table(setup, capsys):
-    load_recipe().main(base_args(setup) + ["--cram_sparsities", "0.5", "2:4", "--eval_sparsities", "0.7", "2:4"])
+    recipe = load_recipe()
+    restored = []
+    one_shot_table = recipe.evaluate_sparsities
+
+    def checked(evaluate, model, *args, **kwargs):
+        # The model in memory after the one-shot loop (what --push_to_hub and later code use) is the dense one.
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = one_shot_table(evaluate, model, *args, **kwargs)
+        restored.append(all(torch.equal(p, before[n]) for n, p in model.named_parameters()))
+        return result
+
+    recipe.evaluate_sparsities = checked
+    recipe.main(base_args(setup) + ["--cram_sparsities", "0.5", "2:4", "--eval_sparsities", "0.7", "2:4"])
+    assert restored == [True]
     out = setup / "out"
     assert (out / "model.safetensors").exists()
     result = json.loads((out / "eval_sparsities.json").read_text())
@@ -50,7 +63,7 @@ def test_trains_and_writes_the_one_shot_table(setup, capsys):
     eval_metrics = json.loads((out / "eval_results.json").read_text())
     assert eval_metrics["eval_loss"] == pytest.approx(result["dense"]["loss"])
     assert "| 2:4 |" in capsys.readouterr().out
-    # The saved model is the dense one: one-shot evaluation restored the weights.
+    # The saved model is the dense one too.
     saved = BertForMaskedLM.from_pretrained(out)
     w = saved.bert.encoder.layer[0].intermediate.dense.weight
     assert (w == 0).float().mean() < 0.01

@@ -115,8 +115,8 @@ def test_glue_sparse_finetune_with_cram_and_one_shot_table(sparse_model, tmp_pat
     assert [r["level"] for r in table["levels"]] == ["0.8", "2:4"]
     assert table["levels"][0]["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert table["levels"][1]["achieved_sparsity"] >= 0.7  # 2:4 on top of the kept 70 % mask
-    assert "eval_accuracy" in table["levels"][0]["metrics"] and "eval_samples" not in table["dense"]
-    assert table["levels"][0]["metrics"]["eval_loss"] != table["dense"]["eval_loss"]  # evaluated pruned
+    assert "eval_accuracy" in table["levels"][0] and "eval_samples" not in table["dense"]
+    assert table["levels"][0]["eval_loss"] != table["dense"]["eval_loss"]  # evaluated pruned
     # One-shot pruning was undone: the live model is still the fine-tuned one.
     assert_same_zeros(trainer.model, zeros)
     for (n, p), (_, q) in zip(trainer.model.named_parameters(), saved.named_parameters()):
@@ -261,7 +261,7 @@ def test_qa_v1_end_to_end_keeps_sparsity(sparse_model, tmp_path):
     assert results["eval_f1"] == pytest.approx(expected["f1"])
     table = json.loads((out / "eval_sparsities.json").read_text())
     assert table["levels"][0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert "eval_f1" in table["levels"][0]["metrics"]
+    assert "eval_f1" in table["levels"][0]
 
 
 def test_qa_v2_reports_has_and_no_answer_split(sparse_model, tmp_path):
