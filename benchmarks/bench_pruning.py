@@ -237,7 +237,7 @@ def finetune(path: str, classes, train, steps: int, out: str, seed: int = 0) -> 
 
 
 def bench_sweep(args) -> None:
-    from cram_hf.sweep import format_table, run_sweep
+    from cram_hf.sweep import SweepOptions, format_table, run_sweep
 
     print("## 3. Sweep on MiniLM (BBC News topics, 5 classes)\n")
     classes, train, dev = bbc_articles()
@@ -250,18 +250,10 @@ def bench_sweep(args) -> None:
             writer.writerow(["text", "label"])
             writer.writerows((t, classes[y]) for t, y in dev)
         t0 = time.perf_counter()
-        record = run_sweep(
-            [model_dir],
-            args.sweep_levels,
-            task="classification",
-            validation_file=dev_csv,
-            output_dir=args.sweep_output_dir,
-            max_seq_length=64,
-            batch_size=64,
-            model_names=["MiniLM-L6 + BBC (AdamW)"],
-            progress=False,
-            print_fn=lambda *a: None,
-        )
+        options = SweepOptions(args.sweep_levels, "classification", dev_csv, max_seq_length=64, batch_size=64,
+                               model_names=["MiniLM-L6 + BBC (AdamW)"])
+        record = run_sweep([model_dir], options, output_dir=args.sweep_output_dir, progress=False,
+                           print_fn=lambda *a: None)
         seconds = time.perf_counter() - t0
     print(
         f"{len(dev)} held-out articles; global magnitude over the encoder's Linear weights; "

@@ -257,11 +257,9 @@ def _base_model(path: str) -> str:
 
 def cmd_sweep(args) -> int:
     from .checkpoint import check_model_source, check_output_dir
-    from .compression import parse_levels
-    from .sweep import check_metric, check_validation_file, run_sweep
+    from .sweep import SweepOptions, check_metric, check_validation_file, run_sweep
     from .targets import validate_patterns
 
-    _validated(parse_levels, args.sparsities, "--sparsities", required=True)
     _validated(check_validation_file, args.validation_file, args.task)
     _validated(check_metric, args.metric, args.task)
     _validated(validate_patterns, args.targets, "--targets")
@@ -278,13 +276,12 @@ def cmd_sweep(args) -> int:
     for m in args.models:
         _validated(check_model_source, m)
 
-    record = _validated(
-        run_sweep,
-        args.models,
-        args.sparsities,
+    # The levels are parsed once, here; run_sweep and the one-shot loop take them as they are.
+    options = _validated(
+        SweepOptions,
+        levels=args.sparsities,
         task=args.task,
         validation_file=args.validation_file,
-        output_dir=args.output_dir,
         scope=args.scope,
         targets=args.targets,
         max_eval_samples=args.max_eval_samples,
@@ -298,8 +295,8 @@ def cmd_sweep(args) -> int:
         label_column=args.label_column,
         mlm_probability=args.mlm_probability,
         seed=args.seed,
-        progress=not args.disable_tqdm,
     )
+    record = _validated(run_sweep, args.models, options, output_dir=args.output_dir, progress=not args.disable_tqdm)
     # The table was printed row by row while the sweep ran.
     for w in record["warnings"]:
         print(f"warning: {w}")

@@ -1,4 +1,4 @@
-"""Sparsity sweep: prune a fresh copy of each model at each level, evaluate it, tabulate and plot.
+"""Sparsity sweep: prune each model at each level (in place, restored exactly), evaluate, tabulate and plot.
 
 The use case is a pruning curve — metric against sparsity — of a CrAM-trained model next to a normally
 trained one. Magnitude levels form a line per model; N:M patterns (2:4, 4:8) are drawn as separate,
@@ -22,6 +22,7 @@ from .files import check_not_empty
 from .compression import Level, level_name, parse_levels
 from .pruning import check_levels_fit, format_one_shot_table, one_shot, one_shot_table_header, one_shot_table_row
 from .sweep_options import (  # noqa: F401 - part of this module's interface
+    SweepOptions,
     DEFAULT_LEVELS,
     HIGHER_IS_BETTER,
     METRICS,
@@ -309,58 +310,44 @@ def _load_model(path: str, task: str, overrides: Optional[dict] = None):
 
 def run_sweep(
     models: Sequence[str],
-    levels: Sequence,
+    options: SweepOptions,
     *,
-    task: str,
-    validation_file: str,
     output_dir: Optional[str] = None,
-    scope: str = "global",
-    targets=None,
-    max_eval_samples: Optional[int] = None,
-    max_seq_length: int = 128,
-    batch_size: int = 32,
-    metric: Optional[str] = None,
-    model_names: Optional[Sequence[str]] = None,
-    line_by_line: bool = False,
-    text_column: Optional[str] = None,
-    text_pair_column: Optional[str] = None,
-    label_column: str = "label",
-    mlm_probability: float = 0.15,
-    seed: int = 0,
     progress: bool = True,
     print_fn: Callable = print,
 ) -> dict:
-    """Sweep every model over every level; write ``sweep.json``, ``sweep.csv`` and ``sweep.png`` to
-    ``output_dir`` (if given) and return the sweep record."""
+    """Sweep every model over every level of ``options``; write ``sweep.json``, ``sweep.csv`` and
+    ``sweep.png`` to ``output_dir`` (if given) and return the sweep record."""
     from transformers import AutoTokenizer
 
     from .checkpoint import check_writable_dir
 
     # Everything checkable before a model is loaded or the data read.
-    levels = parse_levels(levels, "--sparsities", required=True)
-    metric = check_metric(metric, task)
-    check_validation_file(validation_file, task)
-    if task == "mlm":
-        check_mlm_probability(mlm_probability)
+    o = options
+    levels = o.levels
+    metric = check_metric(o.metric, o.task)
+    check_validation_file(o.validation_file, o.task)
+    if o.task == "mlm":
+        check_mlm_probability(o.mlm_probability)
     if output_dir:
         check_writable_dir(output_dir, "--output_dir")
-    labels = _unique_labels(models, model_names)
-    check_levels_fit_models(models, levels, task, targets)
-    metrics = METRICS[task]
+    labels = _unique_labels(models, o.model_names)
+    check_levels_fit_models(models, levels, o.task, o.targets)
+    metrics = METRICS[o.task]
     record = {
-        "task": task,
+        "task": o.task,
         "metric": metric,
-        "validation_file": os.path.abspath(validation_file),
+        "validation_file": os.path.abspath(o.validation_file),
         "levels": [level_name(l) for l in levels],
-        "scope": scope,
-        "targets": targets,
-        "max_eval_samples": max_eval_samples,
-        "max_seq_length": max_seq_length,
+        "scope": o.scope,
+        "targets": o.targets,
+        "max_eval_samples": o.max_eval_samples,
+        "max_seq_length": o.max_seq_length,
         "models": [],
         "results": [],
         "warnings": [],
     }
-    label_names = _string_labels(validation_file, label_column) if task == "classification" else None
+    label_names = _string_labels(o.validation_file, o.label_column) if o.task == "classification" else None
     header = one_shot_table_header(metrics, with_model=True)
     bar = tqdm(total=len(models) * len(levels), desc="sweep", disable=not progress, unit="level")
     write = bar.write if progress else print_fn
@@ -373,8 +360,8 @@ def run_sweep(
     try:
         for path, label in zip(models, labels):
             tokenizer = AutoTokenizer.from_pretrained(path)
-            overrides = label_config(path, label_names) if task == "classification" else {}
-            model, missing = _load_model(path, task, overrides)
+            overrides = label_config(path, label_names) if o.task == "classification" else {}
+            model, missing = _load_model(path, o.task, overrides)
             if missing:
                 msg = (
                     f"{label}: {len(missing)} weights are not in the checkpoint and were initialised at random "
@@ -384,37 +371,38 @@ def run_sweep(
                 logger.warning(msg)
                 record["warnings"].append(msg)
             common = dict(
-                max_seq_length=max_seq_length,
-                batch_size=batch_size,
-                max_eval_samples=max_eval_samples,
-                text_column=text_column,
+                max_seq_length=o.max_seq_length,
+                batch_size=o.batch_size,
+                max_eval_samples=o.max_eval_samples,
+                text_column=o.text_column,
             )
-            if task == "mlm":
+            if o.task == "mlm":
                 evaluate = MLMEval(
-                    validation_file,
+                    o.validation_file,
                     tokenizer,
-                    line_by_line=line_by_line,
-                    mlm_probability=mlm_probability,
-                    seed=seed,
+                    line_by_line=o.line_by_line,
+                    mlm_probability=o.mlm_probability,
+                    seed=o.seed,
                     **common,
                 )
             else:
                 evaluate = ClassificationEval(
-                    validation_file,
+                    o.validation_file,
                     tokenizer,
                     model.config,
-                    label_column=label_column,
-                    text_pair_column=text_pair_column,
+                    label_column=o.label_column,
+                    text_pair_column=o.text_pair_column,
                     **common,
                 )
             record["models"].append({"name": label, "path": path, "missing_weights": missing})
             bar.set_postfix_str(label)
+
             def show(row):
                 write(one_shot_table_row(row, metrics, with_model=True))
                 bar.update(1)
 
             # In place, restored bit-exactly after each level: no copy of the model per level.
-            record["results"] += one_shot(model, levels, evaluate, scope=scope, targets=targets, label=label,
+            record["results"] += one_shot(model, levels, evaluate, scope=o.scope, targets=o.targets, label=label,
                                           on_row=show)
             del model
     finally:

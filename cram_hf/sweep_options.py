@@ -1,5 +1,10 @@
-"""What ``cram-hf sweep`` offers — tasks, their metrics, default levels, file types — as plain constants,
-importable without torch so that ``cram-hf --help`` does not pay for it."""
+"""What ``cram-hf sweep`` offers — tasks, their metrics, default levels, file types — and its options, as
+plain Python importable without torch so that ``cram-hf --help`` does not pay for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 TASKS = ("mlm", "classification")
 METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
@@ -7,3 +12,44 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": F
 DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
 TEXT_EXTENSIONS = (".txt", ".text", ".raw")
 TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+
+
+@dataclass
+class SweepOptions:
+    """How :func:`cram_hf.sweep.run_sweep` prunes and evaluates. ``levels`` are parsed once, here (at least
+    one; sparsities in [0, 1) and/or "N:M" patterns, duplicates dropped); the CLI builds this from its flags.
+
+    Parameters:
+        levels: the one-shot levels, e.g. ``["0", "0.5", "0.7", "2:4"]``.
+        task: ``"mlm"`` (loss, perplexity, masked-token accuracy on text) or ``"classification"`` (accuracy,
+            macro-F1, loss on csv/json with text and label columns).
+        validation_file: the evaluation data.
+        scope / targets: magnitude ranking (``"global"`` / ``"layer"``) and target regexes, as for ``prune``.
+        metric: the plotted metric (default: accuracy).
+        model_names: labels for the models in tables and plot (default: folder names).
+        max_eval_samples, max_seq_length, batch_size: evaluation size.
+        line_by_line, text_column, text_pair_column, label_column: how the data is read.
+        mlm_probability, seed: the fixed MLM masks every model and level is scored on.
+    """
+
+    levels: Sequence
+    task: str
+    validation_file: str
+    scope: str = "global"
+    targets: Optional[Sequence[str]] = None
+    metric: Optional[str] = None
+    model_names: Optional[Sequence[str]] = None
+    max_eval_samples: Optional[int] = None
+    max_seq_length: int = 128
+    batch_size: int = 32
+    line_by_line: bool = False
+    text_column: Optional[str] = None
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    mlm_probability: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        from .compression import parse_levels
+
+        self.levels = parse_levels(self.levels, "--sparsities", required=True)
