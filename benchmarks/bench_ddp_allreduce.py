@@ -12,7 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, Trainer, TrainingA
 
 from cram_hf import CrAMConfig, CrAMTrainer
 from cram_hf.diagnostics import AllReduceCounter
-from cram_hf.mlm import ReproducibleMLMCollator
+from cram_hf.mlm_data import ReproducibleMLMCollator
 
 
 def run(kind, model_path, steps, accumulation):

@@ -46,7 +46,8 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 from bench_bbc_transfer import bbc_one_shot, by_level, encode, evaluate, load_bbc, log, rewrite_report, setup_offline_minilm, sparse_finetune, train
 from cram_hf.compression import parse_level
-from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.files import write_json, write_text
 from cram_hf.pruning import one_shot
 

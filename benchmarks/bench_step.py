@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from cram_hf import CrAMConfig, CrAMTrainer
-from cram_hf.mlm import ReproducibleMLMCollator
+from cram_hf.mlm_data import ReproducibleMLMCollator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = os.path.join(ROOT, "recipes", "data", "austen_pride_train.txt")

@@ -13,6 +13,7 @@ _EXPORTS = {
     "CrAMConfig": "config",
     "CrAMTrainer": "trainer",
     "CrAMTrainerForMaskedLM": "mlm",
+    "ReproducibleMLMCollator": "mlm_data",
     "KeepSparsityCallback": "sparse_finetune",
     "keep_sparsity_callback": "sparse_finetune",
     "SparsityReport": "pruning",

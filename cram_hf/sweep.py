@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .files import check_not_empty
-from .compression import Level, level_name, parse_levels
+from .compression import Level, level_name
 from .pruning import check_levels_fit, format_one_shot_table, one_shot, one_shot_table_header, one_shot_table_row
 from .sweep_options import (  # noqa: F401 - part of this module's interface
     SweepOptions,
@@ -217,7 +217,7 @@ class MLMEval:
         seed: int = 0,
         text_column: Optional[str] = None,
     ):
-        from .mlm import ReproducibleMLMCollator, tokenize_for_mlm
+        from .mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 
         self.dataset = tokenize_for_mlm(
             _load_raw(path),

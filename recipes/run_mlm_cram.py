@@ -38,7 +38,8 @@ from cram_hf.arguments import (
 from cram_hf.checkpoint import check_model_source
 from cram_hf.files import check_not_empty
 from cram_hf.compression import parse_levels
-from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, tokenize_for_mlm
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
 
 logger = logging.getLogger(__name__)

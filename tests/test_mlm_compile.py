@@ -8,7 +8,8 @@ from transformers import BertForMaskedLM
 
 from conftest import WORDS
 from cram_hf import CrAMConfig
-from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, masked_lm_loss, tokenize_for_mlm
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.mlm import CrAMTrainerForMaskedLM, masked_lm_loss
 
 TEXT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(25)) + "." for i in range(20)]
 

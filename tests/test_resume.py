@@ -5,7 +5,8 @@ import torch
 from transformers import BertForMaskedLM, TrainerCallback
 
 from cram_hf import CrAMConfig
-from cram_hf.mlm import CrAMTrainerForMaskedLM, ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.mlm import CrAMTrainerForMaskedLM
 from conftest import WORDS
 
 
