@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import replacing
+from .files import replacing, write_json
 from .compression import level_sparsity, parse_level
 from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
 from .targets import resolve_parameter_names
@@ -263,6 +263,23 @@ def save_sparse(
     config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
     with replacing(out_dir, directory=True) as tmp:
         _write_checkpoint(model, tmp, tokenizer, config, compact)
+    return config
+
+
+def save_finetuned_sparsity_config(model: nn.Module, output_dir: str, names, model_path=None) -> dict:
+    """Write ``sparsity_config.json`` for a model fine-tuned with the mask of the matrices ``names`` kept, so
+    the output folder is a sparse checkpoint like its input (``load_sparse`` verifies it). How it was pruned is
+    carried over from the input's config when there is one; the figures are measured on the fine-tuned
+    weights."""
+    source = read_sparsity_config(model_path, required=False) or {}
+    how = {k: source.get(k) for k in ("level", "scope")}
+    how["method"] = source.get("method") or "measured"
+    if how["method"] == "measured":
+        how["level"] = how["scope"] = None
+    report = sparsity_report_for(model, list(names), **how)
+    config = sparsity_config(report, base_model=str(model_path) if model_path is not None else None)
+    config["fine_tuned_with_mask_kept"] = True
+    write_json(os.path.join(output_dir, SPARSITY_CONFIG), config)
     return config
 
 

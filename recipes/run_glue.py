@@ -45,7 +45,7 @@ from cram_hf.arguments import UsageError, run_recipe, setup_logging
 from cram_hf.files import check_not_empty
 from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.checkpoint import check_model_source
-from cram_hf.transfer import (
+from cram_hf.recipe_support import (
     FinetuneConfig,
     SparseTransferArguments,
     check_model_fits,

@@ -40,7 +40,7 @@ from cram_hf.files import check_not_empty
 from cram_hf.compression import parse_levels
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
-from cram_hf.transfer import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
+from cram_hf.recipe_support import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())

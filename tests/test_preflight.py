@@ -422,7 +422,7 @@ def test_keep_sparsity_works_as_a_bare_flag(name, flags, expected, data, tmp_pat
 
 def test_a_model_that_cannot_be_built_on_the_meta_device_skips_the_early_check(data, tmp_path):
     from cram_hf.checkpoint import meta_model
-    from cram_hf.transfer import check_model_fits
+    from cram_hf.recipe_support import check_model_fits
 
     class ReadsValuesInInit:
         @classmethod

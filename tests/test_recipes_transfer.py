@@ -164,7 +164,7 @@ def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, lev
     from transformers import HfArgumentParser
 
     from cram_hf.arguments import parse_args
-    from cram_hf.transfer import FinetuneConfig
+    from cram_hf.recipe_support import FinetuneConfig
 
     (config,) = parse_args(HfArgumentParser(FinetuneConfig), ["--output_dir", str(tmp_path), *flags])
     assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (rho, levels, bool(levels) or rho > 0)

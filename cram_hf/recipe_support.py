@@ -1,4 +1,5 @@
-"""What the downstream fine-tuning recipes (``recipes/run_glue.py``, ``recipes/run_qa.py``) share.
+"""What the recipes (``recipes/run_glue.py``, ``run_qa.py``, ``run_mlm_cram.py``) share: their argument
+dataclasses, the checks they make before any work, the training block and the one-shot table.
 
 * :class:`SparseTransferArguments` — ``--keep_sparsity`` and ``--eval_sparsities``;
 * :class:`RecipeConfig` — ``CrAMConfig`` with ``--overwrite_output_dir`` and an ``--output_dir`` checked
@@ -24,7 +25,7 @@ from torch import nn
 
 from .files import write_json
 from .arguments import UsageError, validated
-from .checkpoint import check_writable_dir
+from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
 from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .pruning import format_one_shot_table, one_shot
@@ -218,26 +219,6 @@ def check_model_path(path) -> None:
         )
 
 
-def save_sparsity_config(model: nn.Module, output_dir: str, callback: KeepSparsityCallback, model_path=None) -> dict:
-    """Write ``sparsity_config.json`` for a model fine-tuned with its mask kept, so the output folder is a sparse
-    checkpoint like its input (``load_sparse`` verifies it). How it was pruned is carried over from the input's
-    config when there is one; the figures are measured on the fine-tuned weights."""
-    from .checkpoint import SPARSITY_CONFIG, sparsity_config
-    from .pruning import sparsity_report_for
-    from .checkpoint import read_sparsity_config
-
-    source = read_sparsity_config(model_path, required=False) or {}
-    how = {k: source.get(k) for k in ("level", "scope")}
-    how["method"] = source.get("method") or "measured"
-    if how["method"] == "measured":
-        how["level"] = how["scope"] = None
-    report = sparsity_report_for(model, list(callback.masks), **how)
-    config = sparsity_config(report, base_model=str(model_path) if model_path is not None else None)
-    config["fine_tuned_with_mask_kept"] = True
-    write_json(os.path.join(output_dir, SPARSITY_CONFIG), config)
-    return config
-
-
 def quality_metrics(metrics: dict) -> dict:
     """Drop the Trainer's timing and bookkeeping entries."""
     return {
@@ -283,7 +264,7 @@ def train_and_save(trainer, train_dataset, keep_sparsity: Optional[KeepSparsityC
         metrics["train_pruned_weights_nonzero"] = keep_sparsity.violations()
     trainer.save_model()
     if keep_sparsity is not None and trainer.is_world_process_zero():
-        save_sparsity_config(trainer.model, args.output_dir, keep_sparsity, model_path)
+        save_finetuned_sparsity_config(trainer.model, args.output_dir, list(keep_sparsity.masks), model_path)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
