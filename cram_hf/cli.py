@@ -27,8 +27,13 @@ class CLIError(Exception):
 def _add_hub_args(p: argparse.ArgumentParser, private_help: str) -> None:
     """``--private`` and ``--token``, shared by ``prune --push_to_hub`` and ``push``."""
     p.add_argument("--private", "--hub_private_repo", dest="private", action="store_true", help=private_help)
-    p.add_argument("--token", "--hub_token", dest="token", default=None,
-                   help="Hub token (default: HF_TOKEN / saved login).")
+    p.add_argument(
+        "--token",
+        "--hub_token",
+        dest="token",
+        default=None,
+        help="Hub token (default: HF_TOKEN / saved login).",
+    )
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
@@ -296,7 +301,9 @@ def cmd_sweep(args) -> int:
         mlm_probability=args.mlm_probability,
         seed=args.seed,
     )
-    record = _validated(run_sweep, args.models, options, output_dir=args.output_dir, progress=not args.disable_tqdm)
+    record = _validated(
+        run_sweep, args.models, options, output_dir=args.output_dir, progress=not args.disable_tqdm
+    )
     # The table was printed row by row while the sweep ran.
     for w in record["warnings"]:
         print(f"warning: {w}")

@@ -35,7 +35,9 @@ def parse_level(value, name: str = "sparsity") -> Level:
                 )
             return (n, m)
         if ":" in value:
-            raise ValueError(f"{name}: malformed N:M pattern {value!r}; write two integers like '2:4' or '4:8'.")
+            raise ValueError(
+                f"{name}: malformed N:M pattern {value!r}; write two integers like '2:4' or '4:8'."
+            )
         try:
             value = float(value)
         except ValueError:
@@ -43,7 +45,9 @@ def parse_level(value, name: str = "sparsity") -> Level:
                 f"{name}: {value!r} is neither a sparsity in [0, 1) nor an N:M pattern such as '2:4'."
             ) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a float in [0, 1) or an 'N:M' string, got {type(value).__name__}.")
+        raise ValueError(
+            f"{name}: expected a float in [0, 1) or an 'N:M' string, got {type(value).__name__}."
+        )
     value = float(value)
     if not (0.0 <= value < 1.0) or math.isnan(value):
         hint = ""
@@ -63,7 +67,9 @@ def parse_levels(values, name: str = "sparsities", *, required: bool = False) ->
     ``required``: an empty result is an error."""
     if values is None:
         values = []
-    elif isinstance(values, (str, int, float, tuple)) and not (isinstance(values, tuple) and len(values) != 2):
+    elif isinstance(values, (str, int, float, tuple)) and not (
+        isinstance(values, tuple) and len(values) != 2
+    ):
         values = [values]
     values = list(values)
     if len(values) == 1 and str(values[0]).strip().lower() == NONE:
@@ -227,7 +233,9 @@ def check_nm_shape(weight_shape, level: Level, name: str) -> None:
             )
 
 
-def compression_masks(tensors: Sequence[torch.Tensor], level: Level, scope: str = "global") -> list[torch.Tensor]:
+def compression_masks(
+    tensors: Sequence[torch.Tensor], level: Level, scope: str = "global"
+) -> list[torch.Tensor]:
     """Keep-masks for one level: magnitude Top-K (global or per layer) or N:M on every tensor."""
     if isinstance(level, tuple):
         return [nm_mask(t, level[0], level[1]) for t in tensors]

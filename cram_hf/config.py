@@ -63,7 +63,9 @@ class CrAMConfig(TrainingArguments):
 
     cram_rho: float = field(
         default=0.05,
-        metadata={"help": "Perturbation radius rho >= 0: the second pass runs at θ + ρ·g (g: the clean gradient)."},
+        metadata={
+            "help": "Perturbation radius rho >= 0: the second pass runs at θ + ρ·g (g: the clean gradient)."
+        },
     )
     cram_sparsities: Optional[list[str]] = field(
         default_factory=lambda: list(DEFAULT_SPARSITIES),
@@ -79,7 +81,8 @@ class CrAMConfig(TrainingArguments):
         default=True, metadata={"help": "Mask the target gradients taken at the compressed point (m ⊙ g')."}
     )
     cram_scope: str = field(
-        default="global", metadata={"help": "Magnitude ranking over all targets ('global') or per matrix ('layer')."}
+        default="global",
+        metadata={"help": "Magnitude ranking over all targets ('global') or per matrix ('layer')."},
     )
     cram_targets: Optional[list[str]] = field(
         default=None,

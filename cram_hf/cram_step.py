@@ -171,7 +171,9 @@ class CrAM:
                     torch._foreach_copy_(list(changed), list(copies))
                 self._tick("restore", start)
 
-    def _enter(self, stats: PointStats, grad_scale, stash, check_finite: bool, saved: list, hooks: list) -> None:
+    def _enter(
+        self, stats: PointStats, grad_scale, stash, check_finite: bool, saved: list, hooks: list
+    ) -> None:
         """Perturb, fold the clean gradient, compress. ``saved`` and ``hooks`` are filled as the weights
         change, so the caller can undo a partial entry."""
         start = time.perf_counter()
@@ -232,7 +234,9 @@ def _global_norm(tensors: list) -> torch.Tensor:
     for t in tensors:
         by_device.setdefault(t.device, []).append(t)
     first = tensors[0].device
-    parts = [torch.stack(torch._foreach_norm(group, dtype=torch.float32)).to(first) for group in by_device.values()]
+    parts = [
+        torch.stack(torch._foreach_norm(group, dtype=torch.float32)).to(first) for group in by_device.values()
+    ]
     return torch.linalg.vector_norm(torch.cat(parts))
 
 

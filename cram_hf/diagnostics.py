@@ -46,8 +46,18 @@ class HostReadCounter:
     size depends on the data). Works on CPU too, where the same operators would be reads on a GPU.
     """
 
-    _OPS = ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "bincount", "masked_select",
-            "_unique", "_unique2", "unique_dim", "unique_consecutive")
+    _OPS = (
+        "_local_scalar_dense",
+        "is_nonzero",
+        "equal",
+        "nonzero",
+        "bincount",
+        "masked_select",
+        "_unique",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+    )
 
     def __init__(self):
         self.by_op: dict = {}
@@ -64,8 +74,9 @@ class HostReadCounter:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 name = func.overloadpacket.__name__
-                if name in HostReadCounter._OPS or (name in ("index", "index_put", "index_put_")
-                                                    and _has_bool_index(args)):
+                if name in HostReadCounter._OPS or (
+                    name in ("index", "index_put", "index_put_") and _has_bool_index(args)
+                ):
                     counter.by_op[name] = counter.by_op.get(name, 0) + 1
                 return func(*args, **(kwargs or {}))
 

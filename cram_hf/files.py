@@ -20,6 +20,7 @@ def _umask() -> int:
 
 def _remove(path: str) -> None:
     """Delete a file or a folder; finishes when interrupted once (Ctrl-C while a large folder is deleted)."""
+
     def remove():
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)

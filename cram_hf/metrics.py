@@ -21,7 +21,9 @@ GLUE_TASKS = ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnl
 def _as_arrays(predictions, labels):
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape:
-        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must have the same shape.")
+        raise ValueError(
+            f"predictions {predictions.shape} and labels {labels.shape} must have the same shape."
+        )
     if predictions.size == 0:
         raise ValueError("metrics need at least one example.")
     return predictions, labels
@@ -70,7 +72,9 @@ def glue_metrics(task_name: str, predictions, labels) -> dict:
     if task in ("mnli_matched", "mnli_mismatched", "mnli-mm"):
         task = "mnli"
     if task not in GLUE_TASKS:
-        raise ValueError(f"task_name: {task_name!r} is not a GLUE task; choose one of {', '.join(GLUE_TASKS)}.")
+        raise ValueError(
+            f"task_name: {task_name!r} is not a GLUE task; choose one of {', '.join(GLUE_TASKS)}."
+        )
     if task == "cola":
         return {"matthews_correlation": matthews_correlation(predictions, labels)}
     if task == "stsb":
@@ -87,7 +91,9 @@ def classification_metrics(predictions, labels, num_labels: int) -> dict:
 
 
 def regression_metrics(predictions, labels) -> dict:
-    predictions, labels = _as_arrays(np.asarray(predictions, dtype=np.float64), np.asarray(labels, dtype=np.float64))
+    predictions, labels = _as_arrays(
+        np.asarray(predictions, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    )
     return {
         "mse": float(np.mean((predictions - labels) ** 2)),
         "pearson": pearson(predictions, labels),
@@ -158,8 +164,10 @@ def squad_metrics(predictions: Mapping[str, str], references: Mapping) -> dict:
     for qid, answers in references.items():
         golds = _gold_texts(answers)
         if not golds:
-            raise ValueError(f"references: question {qid!r} has no gold answer (SQuAD v1.1 needs one; use "
-                             "squad_v2_metrics for unanswerable questions).")
+            raise ValueError(
+                f"references: question {qid!r} has no gold answer (SQuAD v1.1 needs one; use "
+                "squad_v2_metrics for unanswerable questions)."
+            )
         em += max(exact_match_score(predictions[qid], g) for g in golds)
         f1_total += max(f1_score(predictions[qid], g) for g in golds)
     n = len(references)
@@ -233,8 +241,12 @@ def _best_threshold(scores, na_probs, has_answer, predictions) -> tuple[float, f
     return 100.0 * score / len(scores), float(best_thresh)
 
 
-def qa_metrics(predictions: Mapping[str, str], references: Mapping, version_2_with_negative: bool,
-               no_answer_probabilities: Optional[Mapping[str, float]] = None) -> dict:
+def qa_metrics(
+    predictions: Mapping[str, str],
+    references: Mapping,
+    version_2_with_negative: bool,
+    no_answer_probabilities: Optional[Mapping[str, float]] = None,
+) -> dict:
     """SQuAD v1.1 or v2.0 metrics, whichever the data is."""
     if version_2_with_negative:
         return squad_v2_metrics(predictions, references, no_answer_probabilities)

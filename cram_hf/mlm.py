@@ -65,8 +65,12 @@ class CrAMTrainerForMaskedLM(CrAMTrainer):
     Same loss value and gradients as the model's own loss; evaluation and prediction are the stock ones."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or "labels" not in inputs or self.label_smoother is not None \
-                or self.compute_loss_func is not None:
+        if (
+            return_outputs
+            or "labels" not in inputs
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+        ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # unwrap_model keeps a torch.compile wrapper by default; masked_lm_logits strips it, so the hook
         # lands on the real output embedding.
@@ -74,8 +78,16 @@ class CrAMTrainerForMaskedLM(CrAMTrainer):
 
 
 @torch.no_grad()
-def evaluate_mlm(model, dataset, collator, *, batch_size: int = 32, device=None,
-                 progress: bool = False, desc: str = "MLM eval") -> dict:
+def evaluate_mlm(
+    model,
+    dataset,
+    collator,
+    *,
+    batch_size: int = 32,
+    device=None,
+    progress: bool = False,
+    desc: str = "MLM eval",
+) -> dict:
     """MLM loss (mean over masked tokens), perplexity and masked-token accuracy of ``model`` on a
     tokenized ``dataset``; logits are computed at masked positions only."""
     device = device or next(model.parameters()).device
@@ -100,5 +112,9 @@ def evaluate_mlm(model, dataset, collator, *, batch_size: int = 32, device=None,
     if count == 0:
         raise ValueError("dataset: no token was masked; is the evaluation set empty?")
     loss = total_loss / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count,
-            "masked_tokens": count}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "accuracy": correct / count,
+        "masked_tokens": count,
+    }

@@ -62,28 +62,44 @@ class ReproducibleMLMCollator:
         return batch
 
 
-def tokenize_for_mlm(raw, tokenizer, *, max_seq_length: int, line_by_line: bool = False,
-                     text_column: Optional[str] = None, num_proc: Optional[int] = None,
-                     overwrite_cache: bool = False):
+def tokenize_for_mlm(
+    raw,
+    tokenizer,
+    *,
+    max_seq_length: int,
+    line_by_line: bool = False,
+    text_column: Optional[str] = None,
+    num_proc: Optional[int] = None,
+    overwrite_cache: bool = False,
+):
     """Tokenize a ``datasets`` dataset (or DatasetDict) of text for MLM, as transformers' ``run_mlm.py``:
     one example per non-empty line (``line_by_line``) or the text concatenated and cut into blocks of
     ``max_seq_length`` tokens."""
-    column_names = list(raw.column_names if not isinstance(raw.column_names, dict)
-                        else next(iter(raw.column_names.values())))
+    column_names = list(
+        raw.column_names if not isinstance(raw.column_names, dict) else next(iter(raw.column_names.values()))
+    )
     text_column = text_column or ("text" if "text" in column_names else column_names[0])
     if text_column not in column_names:
-        raise ValueError(f"text_column: {text_column!r} is not a column of the data (columns: {column_names}).")
-    common = dict(batched=True, num_proc=num_proc, load_from_cache_file=not overwrite_cache,
-                  remove_columns=column_names)
+        raise ValueError(
+            f"text_column: {text_column!r} is not a column of the data (columns: {column_names})."
+        )
+    common = dict(
+        batched=True, num_proc=num_proc, load_from_cache_file=not overwrite_cache, remove_columns=column_names
+    )
     if line_by_line:
+
         def tokenize_lines(examples):
             lines = [line for line in examples[text_column] if line and not line.isspace()]
-            return tokenizer(lines, truncation=True, max_length=max_seq_length,
-                             return_special_tokens_mask=False)
+            return tokenizer(
+                lines, truncation=True, max_length=max_seq_length, return_special_tokens_mask=False
+            )
+
         return raw.map(tokenize_lines, desc="Tokenizing lines", **common)
 
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise ValueError("tokenizer: needs cls and sep tokens to build MLM blocks; use --line_by_line instead.")
+        raise ValueError(
+            "tokenizer: needs cls and sep tokens to build MLM blocks; use --line_by_line instead."
+        )
 
     def tokenize(examples):
         return tokenizer(examples[text_column], add_special_tokens=False, return_attention_mask=False)
@@ -94,10 +110,16 @@ def tokenize_for_mlm(raw, tokenizer, *, max_seq_length: int, line_by_line: bool 
         ids = list(chain.from_iterable(examples["input_ids"]))
         total = (len(ids) // body) * body
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-        return {"input_ids": [[cls] + ids[i:i + body] + [sep] for i in range(0, total, body)]}
+        return {"input_ids": [[cls] + ids[i : i + body] + [sep] for i in range(0, total, body)]}
 
     tokenized = raw.map(tokenize, desc="Tokenizing", **common)
     columns = tokenized.column_names
     columns = list(next(iter(columns.values())) if isinstance(columns, dict) else columns)
-    return tokenized.map(group, batched=True, num_proc=num_proc, load_from_cache_file=not overwrite_cache,
-                         remove_columns=columns, desc=f"Grouping into blocks of {max_seq_length}")
+    return tokenized.map(
+        group,
+        batched=True,
+        num_proc=num_proc,
+        load_from_cache_file=not overwrite_cache,
+        remove_columns=columns,
+        desc=f"Grouping into blocks of {max_seq_length}",
+    )

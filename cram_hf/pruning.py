@@ -255,17 +255,19 @@ def one_shot(
             metrics = evaluate(model)
             t2 = time.perf_counter()
         name = level_name(level)
-        rows.append({
-            "model": label,
-            "level": name,
-            "pattern": name if isinstance(level, tuple) else None,
-            "sparsity": level_sparsity(level),
-            "achieved_sparsity": report.target_sparsity,
-            "model_sparsity": report.model_sparsity,
-            **metrics,
-            "prune_seconds": t1 - t0,
-            "eval_seconds": t2 - t1,
-        })
+        rows.append(
+            {
+                "model": label,
+                "level": name,
+                "pattern": name if isinstance(level, tuple) else None,
+                "sparsity": level_sparsity(level),
+                "achieved_sparsity": report.target_sparsity,
+                "model_sparsity": report.model_sparsity,
+                **metrics,
+                "prune_seconds": t1 - t0,
+                "eval_seconds": t2 - t1,
+            }
+        )
         if on_row is not None:
             on_row(rows[-1])
     return rows
@@ -281,16 +283,21 @@ def one_shot_table_row(row: dict, metrics: Sequence[str], with_model: bool = Fal
     """One record of :func:`one_shot` (or a dense row: ``achieved_sparsity`` None) as a table row."""
     sparsity = row.get("achieved_sparsity")
     cells = ([str(row.get("model"))] if with_model else []) + [
-        str(row["level"]), "—" if sparsity is None else f"{sparsity:.4f}"]
+        str(row["level"]),
+        "—" if sparsity is None else f"{sparsity:.4f}",
+    ]
     cells += [f"{row[m]:.4f}" if isinstance(row.get(m), (int, float)) else "—" for m in metrics]
     return "| " + " | ".join(cells) + " |"
 
 
-def format_one_shot_table(rows: Sequence[dict], metrics: Sequence[str], dense: Optional[dict] = None,
-                          with_model: bool = False) -> str:
+def format_one_shot_table(
+    rows: Sequence[dict], metrics: Sequence[str], dense: Optional[dict] = None, with_model: bool = False
+) -> str:
     """The one table of one-shot results: ``dense`` metrics first (if given), then one row per record."""
     lines = [one_shot_table_header(metrics, with_model)]
     if dense is not None:
-        lines.append(one_shot_table_row({"level": "dense", "achieved_sparsity": None, **dense}, metrics, with_model))
+        lines.append(
+            one_shot_table_row({"level": "dense", "achieved_sparsity": None, **dense}, metrics, with_model)
+        )
     lines += [one_shot_table_row(r, metrics, with_model) for r in rows]
     return "\n".join(lines)

@@ -29,10 +29,14 @@ QUESTION, CONTEXT, ANSWERS = "question", "context", "answers"
 
 # --- data ------------------------------------------------------------------------------------------------
 
+
 def _answers(raw) -> dict:
     """``{"text": [...], "answer_start": [...]}`` from that same dict or from a list of answer dicts."""
     if isinstance(raw, dict):
-        return {"text": list(raw.get("text", [])), "answer_start": [int(s) for s in raw.get("answer_start", [])]}
+        return {
+            "text": list(raw.get("text", [])),
+            "answer_start": [int(s) for s in raw.get("answer_start", [])],
+        }
     raw = raw or []
     return {"text": [a["text"] for a in raw], "answer_start": [int(a["answer_start"]) for a in raw]}
 
@@ -47,8 +51,15 @@ def flatten_squad(data: list) -> list[dict]:
             context = paragraph["context"]
             for qa in paragraph["qas"]:
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                records.append({"id": str(qa["id"]), "title": title, "context": context,
-                                "question": qa["question"], "answers": _answers(answers)})
+                records.append(
+                    {
+                        "id": str(qa["id"]),
+                        "title": title,
+                        "context": context,
+                        "question": qa["question"],
+                        "answers": _answers(answers),
+                    }
+                )
     return records
 
 
@@ -70,19 +81,33 @@ def read_squad_records(path: str) -> list[dict]:
     for i, r in enumerate(data):
         missing = [k for k in ("id", QUESTION, CONTEXT, ANSWERS) if k not in r]
         if missing:
-            raise ValueError(f"{path}: record {i} lacks {', '.join(missing)} (needs id, question, context, answers).")
-        records.append({"id": str(r["id"]), "title": r.get("title", ""), "context": r[CONTEXT],
-                        "question": r[QUESTION], "answers": _answers(r[ANSWERS])})
+            raise ValueError(
+                f"{path}: record {i} lacks {', '.join(missing)} (needs id, question, context, answers)."
+            )
+        records.append(
+            {
+                "id": str(r["id"]),
+                "title": r.get("title", ""),
+                "context": r[CONTEXT],
+                "question": r[QUESTION],
+                "answers": _answers(r[ANSWERS]),
+            }
+        )
     return records
 
 
 def squad_features():
     from datasets import Features, List, Value
 
-    return Features({
-        "id": Value("string"), "title": Value("string"), "context": Value("string"), "question": Value("string"),
-        "answers": {"text": List(Value("string")), "answer_start": List(Value("int32"))},
-    })
+    return Features(
+        {
+            "id": Value("string"),
+            "title": Value("string"),
+            "context": Value("string"),
+            "question": Value("string"),
+            "answers": {"text": List(Value("string")), "answer_start": List(Value("int32"))},
+        }
+    )
 
 
 def load_squad_file(path: str):
@@ -93,6 +118,7 @@ def load_squad_file(path: str):
 
 
 # --- features --------------------------------------------------------------------------------------------
+
 
 def check_fast_tokenizer(tokenizer) -> None:
     if not getattr(tokenizer, "is_fast", False):
@@ -120,7 +146,9 @@ def _tokenize(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length
     ), (1 if pad_on_right else 0)
 
 
-def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length=False):
+def prepare_train_features(
+    examples, tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length=False
+):
     """Windows with ``start_positions``/``end_positions`` (``[CLS]`` when the answer is not inside)."""
     enc, context_id = _tokenize(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
     sample_mapping = enc.pop("overflow_to_sample_mapping")
@@ -157,7 +185,9 @@ def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride:
     return enc
 
 
-def prepare_validation_features(examples, tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length=False):
+def prepare_validation_features(
+    examples, tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length=False
+):
     """Windows with ``example_id`` and an ``offset_mapping`` that is ``None`` outside the context."""
     enc, context_id = _tokenize(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
     sample_mapping = enc.pop("overflow_to_sample_mapping")
@@ -166,12 +196,14 @@ def prepare_validation_features(examples, tokenizer, max_seq_length: int, doc_st
         sequence_ids = enc.sequence_ids(i)
         enc["example_id"].append(examples["id"][sample_mapping[i]])
         enc["offset_mapping"][i] = [
-            tuple(o) if sequence_ids[k] == context_id else None for k, o in enumerate(enc["offset_mapping"][i])
+            tuple(o) if sequence_ids[k] == context_id else None
+            for k, o in enumerate(enc["offset_mapping"][i])
         ]
     return enc
 
 
 # --- post-processing -------------------------------------------------------------------------------------
+
 
 def postprocess_qa_predictions(
     examples,
@@ -191,7 +223,9 @@ def postprocess_qa_predictions(
     probability, ``null_score_diffs[id]`` (v2) the null score minus the best span score.
     """
     if len(features) != len(start_logits) or len(features) != len(end_logits):
-        raise ValueError(f"got {len(start_logits)} start / {len(end_logits)} end logits for {len(features)} features.")
+        raise ValueError(
+            f"got {len(start_logits)} start / {len(end_logits)} end logits for {len(features)} features."
+        )
     windows = collections.defaultdict(list)
     for i, example_id in enumerate(features["example_id"]):
         windows[example_id].append(i)
@@ -206,25 +240,35 @@ def postprocess_qa_predictions(
             score = float(s_logits[0] + e_logits[0])
             if null_score is None or score < null_score:
                 null_score = score
-            top_starts = np.argsort(s_logits)[-1: -n_best_size - 1: -1]
-            top_ends = np.argsort(e_logits)[-1: -n_best_size - 1: -1]
+            top_starts = np.argsort(s_logits)[-1 : -n_best_size - 1 : -1]
+            top_ends = np.argsort(e_logits)[-1 : -n_best_size - 1 : -1]
             for s in top_starts:
                 for e in top_ends:
                     if s >= len(offsets) or e >= len(offsets) or offsets[s] is None or offsets[e] is None:
                         continue  # outside the context (question, special tokens, padding)
                     if e < s or e - s + 1 > max_answer_length:
                         continue
-                    spans.append({
-                        "text": context[offsets[s][0]: offsets[e][1]],
-                        "score": float(s_logits[s] + e_logits[e]),
-                        "start_logit": float(s_logits[s]),
-                        "end_logit": float(e_logits[e]),
-                    })
+                    spans.append(
+                        {
+                            "text": context[offsets[s][0] : offsets[e][1]],
+                            "score": float(s_logits[s] + e_logits[e]),
+                            "start_logit": float(s_logits[s]),
+                            "end_logit": float(e_logits[e]),
+                        }
+                    )
         if not spans:
             # None of the n-best starts and ends form a valid span (an untrained or heavily pruned model):
             # take the best valid span of all, rather than answering nothing where an answer is required.
-            spans = [s for s in (_best_valid_span(start_logits[i], end_logits[i], all_offsets[i], context,
-                                                  max_answer_length) for i in windows.get(qid, [])) if s]
+            spans = [
+                s
+                for s in (
+                    _best_valid_span(
+                        start_logits[i], end_logits[i], all_offsets[i], context, max_answer_length
+                    )
+                    for i in windows.get(qid, [])
+                )
+                if s
+            ]
         spans.sort(key=lambda p: p["score"], reverse=True)
         spans = spans[:n_best_size]
         best = spans[0] if spans else None
@@ -253,8 +297,12 @@ def _best_valid_span(s_logits, e_logits, offsets, context, max_answer_length) ->
     s, e = np.unravel_index(int(np.argmax(scores)), scores.shape)
     if not np.isfinite(scores[s, e]):
         return None
-    return {"text": context[offsets[s][0]: offsets[e][1]], "score": float(scores[s, e]),
-            "start_logit": float(s_logits[s]), "end_logit": float(e_logits[e])}
+    return {
+        "text": context[offsets[s][0] : offsets[e][1]],
+        "score": float(scores[s, e]),
+        "start_logit": float(s_logits[s]),
+        "end_logit": float(e_logits[e]),
+    }
 
 
 def _with_probabilities(spans: list[dict]) -> list[dict]:
@@ -273,6 +321,7 @@ def references(examples) -> dict:
 
 # --- Trainer ---------------------------------------------------------------------------------------------
 
+
 class QuestionAnsweringTrainer(CrAMTrainer):
     """``CrAMTrainer`` whose ``evaluate``/``predict`` turn window logits into text answers and SQuAD metrics.
 
@@ -290,10 +339,19 @@ class QuestionAnsweringTrainer(CrAMTrainer):
 
     def _answer(self, features, examples, metric_key_prefix, ignore_keys=None):
         """Run the model over the windows; return (loop output, predictions, nbest, diffs, seconds)."""
-        dataloader = self.get_eval_dataloader(features) if metric_key_prefix != "test" else self.get_test_dataloader(features)
+        dataloader = (
+            self.get_eval_dataloader(features)
+            if metric_key_prefix != "test"
+            else self.get_test_dataloader(features)
+        )
         start = time.time()
-        output = self.evaluation_loop(dataloader, description="Prediction", prediction_loss_only=False,
-                                      ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output = self.evaluation_loop(
+            dataloader,
+            description="Prediction",
+            prediction_loss_only=False,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
         # Batches of different lengths come back padded with -100; post-processing only looks at positions
         # inside each window's offset mapping, so the padding is never read.
         start_logits, end_logits = output.predictions[:2]
@@ -301,8 +359,10 @@ class QuestionAnsweringTrainer(CrAMTrainer):
         return output, predictions, nbest, diffs, time.time() - start
 
     def _metrics(self, output, predictions, examples, seconds, prefix):
-        metrics = {f"{prefix}_{k}": v for k, v in qa_metrics(predictions, references(examples),
-                                                           self.version_2_with_negative).items()}
+        metrics = {
+            f"{prefix}_{k}": v
+            for k, v in qa_metrics(predictions, references(examples), self.version_2_with_negative).items()
+        }
         metrics.update({k: v for k, v in output.metrics.items() if k.startswith(prefix)})
         metrics[f"{prefix}_runtime"] = round(seconds, 4)
         metrics[f"{prefix}_samples_per_second"] = round(len(examples) / max(seconds, 1e-9), 3)
@@ -311,7 +371,9 @@ class QuestionAnsweringTrainer(CrAMTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", eval_examples=None):
         features = self.eval_dataset if eval_dataset is None else eval_dataset
         examples = self.eval_examples if eval_examples is None else eval_examples
-        output, predictions, nbest, diffs, seconds = self._answer(features, examples, metric_key_prefix, ignore_keys)
+        output, predictions, nbest, diffs, seconds = self._answer(
+            features, examples, metric_key_prefix, ignore_keys
+        )
         self.last_predictions = (predictions, nbest, diffs)
         metrics = self._metrics(output, predictions, examples, seconds, metric_key_prefix)
         metrics["epoch"] = self.state.epoch
@@ -321,9 +383,18 @@ class QuestionAnsweringTrainer(CrAMTrainer):
 
     def predict(self, predict_dataset, predict_examples, ignore_keys=None, metric_key_prefix="test"):
         """Answers for ``predict_examples``; metrics too when they have gold answers."""
-        output, predictions, nbest, diffs, seconds = self._answer(predict_dataset, predict_examples,
-                                                                  metric_key_prefix, ignore_keys)
-        has_gold = any(a["text"] for a in predict_examples[ANSWERS]) if ANSWERS in predict_examples.column_names else False
-        metrics = self._metrics(output, predictions, predict_examples, seconds, metric_key_prefix) if has_gold else {}
+        output, predictions, nbest, diffs, seconds = self._answer(
+            predict_dataset, predict_examples, metric_key_prefix, ignore_keys
+        )
+        has_gold = (
+            any(a["text"] for a in predict_examples[ANSWERS])
+            if ANSWERS in predict_examples.column_names
+            else False
+        )
+        metrics = (
+            self._metrics(output, predictions, predict_examples, seconds, metric_key_prefix)
+            if has_gold
+            else {}
+        )
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
         return predictions, nbest, diffs, metrics

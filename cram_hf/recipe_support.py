@@ -23,11 +23,11 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .files import write_json
 from .arguments import UsageError, validated
 from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
 from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
+from .files import write_json
 from .pruning import format_one_shot_table, one_shot
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
 from .targets import Patterns
@@ -37,10 +37,24 @@ logger = logging.getLogger(__name__)
 EVAL_SPARSITIES_FILE = "eval_sparsities.json"
 # Trainer bookkeeping that is not a quality metric; left out of the one-shot table.
 _CRAM_DEFAULT_RHO = {f.name: f.default for f in fields(CrAMConfig)}["cram_rho"]
-_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time", "_samples")
+_NOT_METRICS = (
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "epoch",
+    "model_preparation_time",
+    "_samples",
+)
 # What a resumed run must share with the run that wrote the checkpoint.
-CRAM_SETTINGS = ("cram_rho", "cram_sparsities", "cram_plus", "cram_sparse_grad", "cram_scope", "cram_targets",
-                 "cram_grad_norm")
+CRAM_SETTINGS = (
+    "cram_rho",
+    "cram_sparsities",
+    "cram_plus",
+    "cram_sparse_grad",
+    "cram_scope",
+    "cram_targets",
+    "cram_grad_norm",
+)
 
 
 @dataclass
@@ -73,7 +87,9 @@ class SparseTransferArguments:
     def __post_init__(self):
         self.eval_sparsities = [level_name(v) for v in parse_levels(self.eval_sparsities, "eval_sparsities")]
         if self.eval_sparsity_scope not in SCOPES:
-            raise ValueError(f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}.")
+            raise ValueError(
+                f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}."
+            )
 
 
 @dataclass
@@ -83,8 +99,10 @@ class RecipeConfig(CrAMConfig):
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Train from scratch in an --output_dir that holds checkpoints of an earlier run, "
-                          "instead of resuming the last one (run_mlm_cram.py resumes by default)."},
+        metadata={
+            "help": "Train from scratch in an --output_dir that holds checkpoints of an earlier run, "
+            "instead of resuming the last one (run_mlm_cram.py resumes by default)."
+        },
     )
 
     def __post_init__(self):
@@ -103,8 +121,10 @@ class FinetuneConfig(RecipeConfig):
 
     cram_rho: Optional[float] = field(
         default=None,
-        metadata={"help": "CrAM perturbation radius ρ >= 0. Not given: CrAM off, unless --cram_sparsities is given "
-                          "(then ρ = 0.05)."},
+        metadata={
+            "help": "CrAM perturbation radius ρ >= 0. Not given: CrAM off, unless --cram_sparsities is given "
+            "(then ρ = 0.05)."
+        },
     )
     cram_sparsities: Optional[list[str]] = field(
         default=None,
@@ -117,7 +137,9 @@ class FinetuneConfig(RecipeConfig):
 
     def __post_init__(self):
         if self.cram_sparsities is not None:  # "--cram_sparsities none": explicitly none
-            self.cram_sparsities = [level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")]
+            self.cram_sparsities = [
+                level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")
+            ]
         rho_given, levels_given = self.cram_rho is not None, self.cram_sparsities is not None
         if not rho_given:
             self.cram_rho = _CRAM_DEFAULT_RHO if levels_given and self.cram_sparsities else 0.0
@@ -161,8 +183,9 @@ def _changed_cram_settings(checkpoint: str, args) -> list[str]:
         # The Trainer pickles its arguments there; the folder is this run's own output.
         old = torch.load(path, weights_only=False)
     except Exception as err:  # noqa: BLE001 - missing, or pickled by another version: nothing to compare
-        logger.warning("%s: not readable (%s); its CrAM settings are not compared with this run's.",
-                       path, err)
+        logger.warning(
+            "%s: not readable (%s); its CrAM settings are not compared with this run's.", path, err
+        )
         return []
     return [
         f"{name}: {_setting(old, name)!r} -> {_setting(args, name)!r}"
@@ -197,12 +220,19 @@ def check_model_fits(config, model_class, args: CrAMConfig, eval_levels: Sequenc
     if skeleton is None:
         return
     for levels, name in ((args.cram_sparsities, "cram_sparsities"), (eval_levels, "eval_sparsities")):
-        validated(check_levels_fit, skeleton, levels, args.cram_targets, levels_name=name,
-                  targets_name="cram_targets")
+        validated(
+            check_levels_fit,
+            skeleton,
+            levels,
+            args.cram_targets,
+            levels_name=name,
+            targets_name="cram_targets",
+        )
 
 
-def setup_keep_sparsity(model: nn.Module, model_path, args: SparseTransferArguments,
-                        targets: Patterns = None) -> Optional[KeepSparsityCallback]:
+def setup_keep_sparsity(
+    model: nn.Module, model_path, args: SparseTransferArguments, targets: Patterns = None
+) -> Optional[KeepSparsityCallback]:
     """The mask-keeping callback for ``model`` (loaded from ``model_path``), per ``--keep_sparsity``."""
     return keep_sparsity_callback(model, model_path, targets=targets, keep=args.keep_sparsity)
 
@@ -222,8 +252,10 @@ def check_model_path(path) -> None:
 def quality_metrics(metrics: dict) -> dict:
     """Drop the Trainer's timing and bookkeeping entries."""
     return {
-        k: v for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not k.removesuffix("_mm").endswith(_NOT_METRICS)  # _mm: MNLI mismatched
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
+        and not k.removesuffix("_mm").endswith(_NOT_METRICS)  # _mm: MNLI mismatched
     }
 
 
@@ -242,9 +274,14 @@ def evaluate_sparsities(
     restore): prints the table and writes ``eval_sparsities.json`` in ``output_dir``. ``dense_metrics`` saves
     re-evaluating the unpruned model."""
     dense = quality_metrics(dense_metrics if dense_metrics is not None else evaluate())
-    rows = one_shot(model, parse_levels(levels, "eval_sparsities"), lambda _: quality_metrics(evaluate()),
-                    scope=scope, targets=targets,
-                    on_row=lambda row: logger.info("one-shot %s: %s", row["level"], row))
+    rows = one_shot(
+        model,
+        parse_levels(levels, "eval_sparsities"),
+        lambda _: quality_metrics(evaluate()),
+        scope=scope,
+        targets=targets,
+        on_row=lambda row: logger.info("one-shot %s: %s", row["level"], row),
+    )
     result = {"scope": scope, "targets": targets, "dense": dense, "levels": rows}
     metrics = [k for k in dense if not k.endswith("_loss")] or list(dense)
     print(format_one_shot_table(rows, metrics, dense=dense))
@@ -253,7 +290,9 @@ def evaluate_sparsities(
     return result
 
 
-def train_and_save(trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None) -> dict:
+def train_and_save(
+    trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None
+) -> dict:
     """The recipes' training block: train (resuming if asked), save the model — with its
     ``sparsity_config.json`` when the mask was kept — and the train metrics and state. Returns the metrics,
     which include how many pruned weights ended non-zero (0 unless something broke the mask)."""

@@ -86,8 +86,10 @@ class KeepSparsityCallback(TrainerCallback):
             raise ValueError("masks: KeepSparsityCallback needs at least one masked parameter.")
         for name, mask in masks.items():
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-                raise ValueError(f"masks[{name!r}]: must be a bool tensor (True = kept), got "
-                                 f"{getattr(mask, 'dtype', type(mask).__name__)}.")
+                raise ValueError(
+                    f"masks[{name!r}]: must be a bool tensor (True = kept), got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}."
+                )
         self.masks = dict(masks)
         self.mask_gradients = mask_gradients
         self._bound: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -122,7 +124,9 @@ class KeepSparsityCallback(TrainerCallback):
                 raise ValueError(f"masks: the model has no parameter {name!r}.")
             p = params[name]
             if tuple(mask.shape) != tuple(p.shape):
-                raise ValueError(f"masks[{name!r}]: shape {tuple(mask.shape)} != parameter shape {tuple(p.shape)}.")
+                raise ValueError(
+                    f"masks[{name!r}]: shape {tuple(mask.shape)} != parameter shape {tuple(p.shape)}."
+                )
             mask = mask.to(p.device)
             self.masks[name] = mask
             bound.append((p, mask))
@@ -130,8 +134,11 @@ class KeepSparsityCallback(TrainerCallback):
         self.apply_to_weights()
         if self.mask_gradients:
             # torch.where, not g * m: an inf (fp16 overflow) at a pruned entry must become 0, not inf * 0 = NaN.
-            self._hooks = [p.register_hook(lambda g, m=m: torch.where(m, g, g.new_zeros(())))
-                           for p, m in bound if p.requires_grad]
+            self._hooks = [
+                p.register_hook(lambda g, m=m: torch.where(m, g, g.new_zeros(())))
+                for p, m in bound
+                if p.requires_grad
+            ]
 
     def unbind(self) -> None:
         for h in self._hooks:
@@ -216,6 +223,10 @@ def keep_sparsity_callback(
     total = sum(m.numel() for m in callback.masks.values())
     logger.info(
         "Keeping sparsity: %d of %d weights in %d matrices held at zero (%.2f%%; masks from the %s).",
-        callback.num_pruned, total, len(callback.masks), 100.0 * callback.num_pruned / max(total, 1), source,
+        callback.num_pruned,
+        total,
+        len(callback.masks),
+        100.0 * callback.num_pruned / max(total, 1),
+        source,
     )
     return callback

@@ -18,17 +18,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .files import check_not_empty
 from .compression import Level, level_name
-from .pruning import check_levels_fit, format_one_shot_table, one_shot, one_shot_table_header, one_shot_table_row
+from .files import check_not_empty
+from .pruning import (
+    check_levels_fit,
+    format_one_shot_table,
+    one_shot,
+    one_shot_table_header,
+    one_shot_table_row,
+)
 from .sweep_options import (  # noqa: F401 - part of this module's interface
-    SweepOptions,
     DEFAULT_LEVELS,
     HIGHER_IS_BETTER,
     METRICS,
     TABLE_EXTENSIONS,
     TASKS,
     TEXT_EXTENSIONS,
+    SweepOptions,
 )
 
 logger = logging.getLogger(__name__)
@@ -257,7 +263,7 @@ def _unique_labels(paths: Sequence[str], names: Optional[Sequence[str]]) -> list
             raise ValueError(f"--model_names: {len(names)} names for {len(paths)} models.")
         return list(names)
     labels = [model_label(p) for p in paths]
-    return [p if labels.count(l) > 1 else l for p, l in zip(paths, labels)]
+    return [path if labels.count(label) > 1 else label for path, label in zip(paths, labels)]
 
 
 def label_config(path: str, label_names: Optional[Sequence[str]]) -> dict:
@@ -338,7 +344,7 @@ def run_sweep(
         "task": o.task,
         "metric": metric,
         "validation_file": os.path.abspath(o.validation_file),
-        "levels": [level_name(l) for l in levels],
+        "levels": [level_name(level) for level in levels],
         "scope": o.scope,
         "targets": o.targets,
         "max_eval_samples": o.max_eval_samples,
@@ -402,8 +408,9 @@ def run_sweep(
                 bar.update(1)
 
             # In place, restored bit-exactly after each level: no copy of the model per level.
-            record["results"] += one_shot(model, levels, evaluate, scope=o.scope, targets=o.targets, label=label,
-                                          on_row=show)
+            record["results"] += one_shot(
+                model, levels, evaluate, scope=o.scope, targets=o.targets, label=label, on_row=show
+            )
             del model
     finally:
         bar.close()

@@ -13,8 +13,9 @@ Patterns = Optional[Union[str, Sequence[str]]]
 def _is_peft_tuner_layer(module: nn.Module) -> bool:
     """Whether ``module`` is a peft adapter layer (a subclass of ``peft.tuners.tuners_utils.BaseTunerLayer``:
     LoRA, DoRA, AdaLoRA, IA3, ... wrappers). Tested on the class hierarchy, so peft need not be installed."""
-    return any(c.__name__ == "BaseTunerLayer" and c.__module__.startswith("peft.")
-               for c in type(module).__mro__)
+    return any(
+        c.__name__ == "BaseTunerLayer" and c.__module__.startswith("peft.") for c in type(module).__mro__
+    )
 
 
 def _adapter_module_ids(model: nn.Module) -> set[int]:
@@ -47,8 +48,12 @@ def default_target_names(model: nn.Module) -> list[str]:
         if not isinstance(module, nn.ModuleList):
             continue
         for sub_name, sub in module.named_modules(prefix=list_name):
-            if (isinstance(sub, nn.Linear) and id(sub) not in adapters and sub.weight.dim() == 2
-                    and id(sub.weight) not in seen):
+            if (
+                isinstance(sub, nn.Linear)
+                and id(sub) not in adapters
+                and sub.weight.dim() == 2
+                and id(sub.weight) not in seen
+            ):
                 seen.add(id(sub.weight))
                 names.append(f"{sub_name}.weight")
     return names
@@ -59,8 +64,11 @@ def _suggested_regex(model: nn.Module, limit: int = 3) -> tuple[Optional[str], l
     (``nn.Linear`` weights first, else any 2-D parameter called ``*weight``), and all the candidates."""
     params = dict(model.named_parameters())
     adapters = _adapter_module_ids(model)
-    linear_ids = {id(m.weight) for m in model.modules()
-                  if isinstance(m, nn.Linear) and id(m) not in adapters and m.weight.dim() == 2}
+    linear_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and id(m) not in adapters and m.weight.dim() == 2
+    }
     candidates = [n for n, p in params.items() if id(p) in linear_ids]
     if not candidates:
         candidates = [n for n, p in params.items() if p.dim() == 2 and n.endswith("weight")]
@@ -104,8 +112,10 @@ def target_names(model: nn.Module, targets: Patterns = None, name: str = "cram_t
         chosen = default_target_names(model)
         if not chosen:
             regex, candidates = _suggested_regex(model)
-            head = (f"{name}: the model has no nn.Linear inside an nn.ModuleList, so the default rule finds "
-                    f"no target")
+            head = (
+                f"{name}: the model has no nn.Linear inside an nn.ModuleList, so the default rule finds "
+                f"no target"
+            )
             if regex is None:
                 raise ValueError(f"{head}, and it has no 2-D weight matrix that could be compressed.")
             shown = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
@@ -132,7 +142,9 @@ def target_names(model: nn.Module, targets: Patterns = None, name: str = "cram_t
     return sorted(set(chosen), key=order.__getitem__)
 
 
-def named_targets(model: nn.Module, targets: Patterns = None, name: str = "cram_targets") -> list[tuple[str, nn.Parameter]]:
+def named_targets(
+    model: nn.Module, targets: Patterns = None, name: str = "cram_targets"
+) -> list[tuple[str, nn.Parameter]]:
     params = dict(model.named_parameters())
     return [(n, params[n]) for n in target_names(model, targets, name)]
 

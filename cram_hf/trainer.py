@@ -68,7 +68,11 @@ class CrAMTrainer(Trainer):
                 f"{type(args).__name__}; build it with CrAMConfig(**your_training_args.to_dict(), cram_rho=...)."
             )
         super().__init__(model, args, *pos, **kwargs)
-        if args.cram_enabled and self.model_accepts_loss_kwargs and not _honours_num_items_in_batch(self.model):
+        if (
+            args.cram_enabled
+            and self.model_accepts_loss_kwargs
+            and not _honours_num_items_in_batch(self.model)
+        ):
             # BERT-family heads take **kwargs but ignore num_items_in_batch; the stock Trainer would then skip
             # its division by the accumulation steps and inflate the gradient K-fold. Off, the Trainer stays
             # exactly the stock one.
@@ -120,7 +124,9 @@ class CrAMTrainer(Trainer):
         scaler = getattr(self.accelerator, "scaler", None)
         scaling = scaler is not None and scaler.is_enabled()
         with self.cram.compressed_point(
-            level, grad_scale=self._loss_scale(scaler) / k if scaling else 1.0 / k, stash=stash,
+            level,
+            grad_scale=self._loss_scale(scaler) / k if scaling else 1.0 / k,
+            stash=stash,
             check_finite=scaling,
         ) as point:
             del stash
@@ -163,7 +169,9 @@ class CrAMTrainer(Trainer):
             device = self.args.device
             sums = self._cram_device_sums
             sums = sums.to(device) if sums is not None else torch.zeros(2, device=device)
-            host = torch.tensor([self._cram_sparsity_sum, self._cram_finite, self._cram_skipped], device=device)
+            host = torch.tensor(
+                [self._cram_sparsity_sum, self._cram_finite, self._cram_skipped], device=device
+            )
             sums = torch.cat([sums.float(), host.float()])
             if self.args.world_size > 1:
                 sums = self.accelerator.reduce(sums, reduction="sum")

@@ -40,11 +40,11 @@ from transformers import (
 )
 
 from cram_hf import CrAMTrainer
-from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
 from cram_hf.arguments import UsageError, run_recipe, setup_logging
-from cram_hf.files import check_not_empty
 from cram_hf.arguments import parse_args as parse_recipe_args
 from cram_hf.checkpoint import check_model_source
+from cram_hf.files import check_not_empty, write_text
+from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
 from cram_hf.recipe_support import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -54,7 +54,6 @@ from cram_hf.recipe_support import (
     setup_keep_sparsity,
     train_and_save,
 )
-from cram_hf.files import write_text
 
 task_to_keys = {
     "cola": ("sentence", None),
@@ -79,28 +78,43 @@ class DataTrainingArguments:
     task_name: Optional[str] = field(
         default=None, metadata={"help": "GLUE task, loaded from the Hub: " + ", ".join(task_to_keys)}
     )
-    train_file: Optional[str] = field(default=None, metadata={"help": "csv or json(l) file with the training data."})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "csv or json(l) file with the dev data."})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "csv or json(l) file with the training data."}
+    )
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "csv or json(l) file with the dev data."}
+    )
     test_file: Optional[str] = field(default=None, metadata={"help": "csv or json(l) file to predict on."})
     text_column_names: Optional[str] = field(
         default=None,
-        metadata={"help": "Comma-separated text column(s) of your files, one or two (a sentence pair). Default: "
-                          "sentence1,sentence2 if present, else the first one or two string columns."},
+        metadata={
+            "help": "Comma-separated text column(s) of your files, one or two (a sentence pair). Default: "
+            "sentence1,sentence2 if present, else the first one or two string columns."
+        },
     )
     label_column_name: str = field(default="label", metadata={"help": "Label column of your files."})
     max_seq_length: int = field(
-        default=128, metadata={"help": "Maximum total input length after tokenization; longer inputs are truncated."}
+        default=128,
+        metadata={"help": "Maximum total input length after tokenization; longer inputs are truncated."},
     )
     pad_to_max_length: bool = field(
         default=True,
-        metadata={"help": "Pad every input to max_seq_length. If false, pad each batch to its longest input "
-                          "(faster on CPU)."},
+        metadata={
+            "help": "Pad every input to max_seq_length. If false, pad each batch to its longest input "
+            "(faster on CPU)."
+        },
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for tokenization."}
+    )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set(s)."})
-    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the prediction set."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the evaluation set(s)."}
+    )
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the prediction set."}
+    )
 
     def __post_init__(self):
         if self.task_name is not None:
@@ -128,11 +142,19 @@ class DataTrainingArguments:
 class ModelArguments:
     """Which model/config/tokenizer to fine-tune from."""
 
-    model_name_or_path: str = field(metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."})
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    model_name_or_path: str = field(
+        metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."}
+    )
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Config name or path, if not the model's."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's."}
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads."})
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."})
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."}
+    )
     model_revision: str = field(default="main", metadata={"help": "Model version (branch, tag or commit)."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
@@ -147,7 +169,9 @@ class ModelArguments:
 
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig))
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig)
+    )
     return parse_recipe_args(parser, argv)
 
 
@@ -167,8 +191,10 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
         names = ["sentence1", "sentence2"]
     else:
         strings = [
-            c for c in columns
-            if c != data_args.label_column_name and getattr(split.features[c], "dtype", None) in ("string", "large_string")
+            c
+            for c in columns
+            if c != data_args.label_column_name
+            and getattr(split.features[c], "dtype", None) in ("string", "large_string")
         ]
         if not strings:
             raise UsageError(
@@ -193,19 +219,33 @@ def main(argv=None):
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                  trust_remote_code=model_args.trust_remote_code)
-    check_model_fits(model_args.config_name or model_args.model_name_or_path,
-                     AutoModelForSequenceClassification, training_args, sparse_args.eval_sparsities, **common)
+    common = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    check_model_fits(
+        model_args.config_name or model_args.model_name_or_path,
+        AutoModelForSequenceClassification,
+        training_args,
+        sparse_args.eval_sparsities,
+        **common,
+    )
     set_seed(training_args.seed)
 
     # ---- data: loaded and checked before the model, so bad inputs fail fast ----
     if data_args.task_name is not None:
-        raw_datasets = datasets.load_dataset("nyu-mll/glue", data_args.task_name, cache_dir=model_args.cache_dir)
+        raw_datasets = datasets.load_dataset(
+            "nyu-mll/glue", data_args.task_name, cache_dir=model_args.cache_dir
+        )
     else:
         data_files = {}
-        for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
-                            ("test", data_args.test_file)):
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        ):
             if path is not None:
                 data_files[split] = path
         extension = data_files[next(iter(data_files))].rsplit(".", 1)[-1]
@@ -213,8 +253,11 @@ def main(argv=None):
         raw_datasets = datasets.load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
 
     validation_split = "validation_matched" if data_args.task_name == "mnli" else "validation"
-    needed = (("train", "--do_train", "--train_file"), (validation_split, "--do_eval", "--validation_file"),
-              ("test_matched" if data_args.task_name == "mnli" else "test", "--do_predict", "--test_file"))
+    needed = (
+        ("train", "--do_train", "--train_file"),
+        (validation_split, "--do_eval", "--validation_file"),
+        ("test_matched" if data_args.task_name == "mnli" else "test", "--do_predict", "--test_file"),
+    )
     for split, flag, file_flag in needed:
         if getattr(training_args, flag[2:]) and split not in raw_datasets:
             raise UsageError(f"{flag} needs {split} data: pass {file_flag}.")
@@ -244,18 +287,25 @@ def main(argv=None):
 
     # ---- model ----
     config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
-        finetuning_task=data_args.task_name or "text-classification", **common,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer, **common
-    )
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        model_args.config_name or model_args.model_name_or_path,
+        num_labels=num_labels,
+        finetuning_task=data_args.task_name or "text-classification",
         **common,
     )
-    keep_sparsity = setup_keep_sparsity(model, model_args.model_name_or_path, sparse_args,
-                                        targets=training_args.cram_targets)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        use_fast=model_args.use_fast_tokenizer,
+        **common,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **common,
+    )
+    keep_sparsity = setup_keep_sparsity(
+        model, model_args.model_name_or_path, sparse_args, targets=training_args.cram_targets
+    )
 
     label_to_id = None
     if label_list is not None:
@@ -266,12 +316,18 @@ def main(argv=None):
 
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(f"max_seq_length {data_args.max_seq_length} > the model's maximum "
-                       f"{tokenizer.model_max_length}; using {max_seq_length}.")
+        logger.warning(
+            f"max_seq_length {data_args.max_seq_length} > the model's maximum "
+            f"{tokenizer.model_max_length}; using {max_seq_length}."
+        )
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):
-        texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
+        texts = (
+            (examples[sentence1_key],)
+            if sentence2_key is None
+            else (examples[sentence1_key], examples[sentence2_key])
+        )
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if label_column in examples:
             labels = examples[label_column]
@@ -284,26 +340,35 @@ def main(argv=None):
         return result
 
     with training_args.main_process_first(desc="dataset map pre-processing"):
-        raw_datasets = datasets.DatasetDict({
-            split: data.map(
-                preprocess, batched=True, num_proc=data_args.preprocessing_num_workers,
-                remove_columns=data.column_names, load_from_cache_file=not data_args.overwrite_cache,
-                desc=f"Running tokenizer on {split}",
-            )
-            for split, data in raw_datasets.items()
-        })
+        raw_datasets = datasets.DatasetDict(
+            {
+                split: data.map(
+                    preprocess,
+                    batched=True,
+                    num_proc=data_args.preprocessing_num_workers,
+                    remove_columns=data.column_names,
+                    load_from_cache_file=not data_args.overwrite_cache,
+                    desc=f"Running tokenizer on {split}",
+                )
+                for split, data in raw_datasets.items()
+            }
+        )
 
     def limit(dataset, n):
         return dataset.select(range(min(len(dataset), n))) if n is not None else dataset
 
-    train_dataset = limit(raw_datasets["train"], data_args.max_train_samples) if training_args.do_train else None
+    train_dataset = (
+        limit(raw_datasets["train"], data_args.max_train_samples) if training_args.do_train else None
+    )
     eval_sets = {}
     if training_args.do_eval:
         if data_args.task_name == "mnli":
             eval_sets["mnli"] = limit(raw_datasets["validation_matched"], data_args.max_eval_samples)
             eval_sets["mnli-mm"] = limit(raw_datasets["validation_mismatched"], data_args.max_eval_samples)
         else:
-            eval_sets[data_args.task_name or "validation"] = limit(raw_datasets["validation"], data_args.max_eval_samples)
+            eval_sets[data_args.task_name or "validation"] = limit(
+                raw_datasets["validation"], data_args.max_eval_samples
+            )
     predict_dataset = None
     if training_args.do_predict:
         predict_split = "test_matched" if data_args.task_name == "mnli" else "test"
@@ -324,7 +389,9 @@ def main(argv=None):
     if data_args.pad_to_max_length:
         data_collator = default_data_collator
     else:
-        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+        data_collator = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None
+        )
 
     trainer = CrAMTrainer(
         model=model,
@@ -359,14 +426,21 @@ def main(argv=None):
         if sparse_args.eval_sparsities:
             logger.info("*** One-shot pruning: %s ***", " ".join(sparse_args.eval_sparsities))
             evaluate_sparsities(
-                evaluate_all, trainer.model, sparse_args.eval_sparsities, scope=sparse_args.eval_sparsity_scope,
-                targets=training_args.cram_targets, output_dir=training_args.output_dir,
-                dense_metrics=dense_metrics, write=trainer.is_world_process_zero(),
+                evaluate_all,
+                trainer.model,
+                sparse_args.eval_sparsities,
+                scope=sparse_args.eval_sparsity_scope,
+                targets=training_args.cram_targets,
+                output_dir=training_args.output_dir,
+                dense_metrics=dense_metrics,
+                write=trainer.is_world_process_zero(),
             )
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
-        predict_dataset = predict_dataset.remove_columns([c for c in ("labels",) if c in predict_dataset.column_names])
+        predict_dataset = predict_dataset.remove_columns(
+            [c for c in ("labels",) if c in predict_dataset.column_names]
+        )
         predictions = trainer.predict(predict_dataset, metric_key_prefix="predict").predictions
         predictions = predictions[0] if isinstance(predictions, tuple) else predictions
         predictions = np.squeeze(predictions) if is_regression else np.argmax(predictions, axis=1)
@@ -375,7 +449,9 @@ def main(argv=None):
             for index, item in enumerate(np.atleast_1d(predictions)):
                 lines.append(f"{index}\t{item:.3f}" if is_regression else f"{index}\t{label_list[int(item)]}")
             name = data_args.task_name or "classification"
-            write_text(os.path.join(training_args.output_dir, f"predict_results_{name}.txt"), "\n".join(lines) + "\n")
+            write_text(
+                os.path.join(training_args.output_dir, f"predict_results_{name}.txt"), "\n".join(lines) + "\n"
+            )
 
     return trainer
 

@@ -36,10 +36,10 @@ from cram_hf.arguments import (
     setup_logging,
 )
 from cram_hf.checkpoint import check_model_source
-from cram_hf.files import check_not_empty
 from cram_hf.compression import parse_levels
-from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
+from cram_hf.files import check_not_empty
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.recipe_support import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -50,61 +50,101 @@ DATA_EXTENSIONS = ("txt", "csv", "json", "jsonl")
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Checkpoint to start from (Hub id or local path). Leave out to train from scratch."}
+        default=None,
+        metadata={
+            "help": "Checkpoint to start from (Hub id or local path). Leave out to train from scratch."
+        },
     )
     model_type: Optional[str] = field(
         default=None, metadata={"help": "When training from scratch, one of: " + ", ".join(MODEL_TYPES)}
     )
     config_overrides: Optional[str] = field(
-        default=None, metadata={"help": "From scratch only: 'n_embd=10,resid_pdrop=0.2' style config overrides."}
+        default=None,
+        metadata={"help": "From scratch only: 'n_embd=10,resid_pdrop=0.2' style config overrides."},
     )
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads from the Hub."})
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Config name or path, if not the model's."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's."}
+    )
+    cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where to store downloads from the Hub."}
+    )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub."}
+    )
 
     def __post_init__(self):
         if self.config_overrides is not None and (self.config_name or self.model_name_or_path):
-            raise ValueError("config_overrides: can't be combined with --config_name or --model_name_or_path.")
+            raise ValueError(
+                "config_overrides: can't be combined with --config_name or --model_name_or_path."
+            )
         if self.model_name_or_path is None and self.config_name is None and self.model_type is None:
-            raise ValueError("model_name_or_path: give a model (or --config_name/--model_type to train from scratch).")
+            raise ValueError(
+                "model_name_or_path: give a model (or --config_name/--model_type to train from scratch)."
+            )
         if self.model_type is not None and self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type: {self.model_type!r} is not a masked-LM type ({', '.join(MODEL_TYPES)}).")
+            raise ValueError(
+                f"model_type: {self.model_type!r} is not a masked-LM type ({', '.join(MODEL_TYPES)})."
+            )
         if self.model_name_or_path:
             check_model_source(self.model_name_or_path, "model_name_or_path")
 
 
 @dataclass
 class DataTrainingArguments:
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Dataset on the Hub (datasets library)."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Dataset on the Hub (datasets library)."}
+    )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Its configuration name."})
-    train_file: Optional[str] = field(default=None, metadata={"help": "Training text: txt, csv, json or jsonl."})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation text: txt, csv, json or jsonl."})
-    text_column_name: Optional[str] = field(default=None, metadata={"help": "Column with the text (default: 'text')."})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training text: txt, csv, json or jsonl."}
+    )
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "Evaluation text: txt, csv, json or jsonl."}
+    )
+    text_column_name: Optional[str] = field(
+        default=None, metadata={"help": "Column with the text (default: 'text')."}
+    )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the preprocessing."})
     validation_split_percentage: int = field(
-        default=5, metadata={"help": "Share of the train split used for evaluation when there is no validation split."}
+        default=5,
+        metadata={"help": "Share of the train split used for evaluation when there is no validation split."},
     )
     max_seq_length: Optional[int] = field(
-        default=None, metadata={"help": "Tokens per example after tokenization (default: the tokenizer's max, <= 1024)."}
+        default=None,
+        metadata={"help": "Tokens per example after tokenization (default: the tokenizer's max, <= 1024)."},
     )
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for preprocessing."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for preprocessing."}
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked."})
-    line_by_line: bool = field(default=False, metadata={"help": "One example per line instead of packed blocks."})
+    line_by_line: bool = field(
+        default=False, metadata={"help": "One example per line instead of packed blocks."}
+    )
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every batch to max_seq_length."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the training set (debugging)."}
+    )
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
-    streaming: bool = field(default=False, metadata={"help": "Not supported with CrAM evaluation tables; refused."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Not supported with CrAM evaluation tables; refused."}
+    )
     eval_sparsities: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "One-shot levels evaluated after training (default: the training levels; 'none' for none)."},
+        metadata={
+            "help": "One-shot levels evaluated after training (default: the training levels; 'none' for none)."
+        },
     )
 
     def __post_init__(self):
         if self.streaming:
-            raise ValueError("streaming: not supported by this recipe (the one-shot evaluation needs a sized set).")
+            raise ValueError(
+                "streaming: not supported by this recipe (the one-shot evaluation needs a sized set)."
+            )
         if self.dataset_name is None and self.train_file is None and self.validation_file is None:
             raise ValueError("dataset_name: give --dataset_name or --train_file/--validation_file.")
         for name in ("train_file", "validation_file"):
@@ -133,9 +173,11 @@ def load_raw_datasets(data_args, model_args):
         if "validation" not in raw and data_args.validation_split_percentage:
             pct = data_args.validation_split_percentage
             raw["validation"] = datasets.load_dataset(
-                data_args.dataset_name, data_args.dataset_config_name, split=f"train[:{pct}%]", **hub)
+                data_args.dataset_name, data_args.dataset_config_name, split=f"train[:{pct}%]", **hub
+            )
             raw["train"] = datasets.load_dataset(
-                data_args.dataset_name, data_args.dataset_config_name, split=f"train[{pct}%:]", **hub)
+                data_args.dataset_name, data_args.dataset_config_name, split=f"train[{pct}%:]", **hub
+            )
         return raw
     files = {}
     if data_args.train_file:
@@ -147,14 +189,20 @@ def load_raw_datasets(data_args, model_args):
     kwargs = {"keep_linebreaks": True} if builder == "text" else {}
     raw = datasets.load_dataset(builder, data_files=files, **kwargs, **hub)
     if "validation" not in raw and "train" in raw and data_args.validation_split_percentage:
-        split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, shuffle=False)
+        split = raw["train"].train_test_split(
+            test_size=data_args.validation_split_percentage / 100, shuffle=False
+        )
         raw["train"], raw["validation"] = split["train"], split["test"]
     return raw
 
 
 def hub_kwargs(model_args) -> dict:
-    return dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                trust_remote_code=model_args.trust_remote_code)
+    return dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
 
 
 def load_config(model_args):
@@ -199,8 +247,13 @@ def main(argv=None):
     if resume is not None:
         logger.info(f"Checkpoint found at {resume}: resuming from it.")
     config = load_config(model_args)
-    check_model_fits(config, AutoModelForMaskedLM, training_args, data_args.eval_sparsities or (),
-                     trust_remote_code=model_args.trust_remote_code)
+    check_model_fits(
+        config,
+        AutoModelForMaskedLM,
+        training_args,
+        data_args.eval_sparsities or (),
+        trust_remote_code=model_args.trust_remote_code,
+    )
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, model_args)
@@ -212,11 +265,17 @@ def main(argv=None):
         )
     model, tokenizer = load_model_and_tokenizer(model_args, config)
 
-    max_seq_length = min(data_args.max_seq_length or tokenizer.model_max_length, 1024, tokenizer.model_max_length)
+    max_seq_length = min(
+        data_args.max_seq_length or tokenizer.model_max_length, 1024, tokenizer.model_max_length
+    )
     with training_args.main_process_first(desc="dataset map tokenization"):
         tokenized = tokenize_for_mlm(
-            raw, tokenizer, max_seq_length=max_seq_length, line_by_line=data_args.line_by_line,
-            text_column=data_args.text_column_name, num_proc=data_args.preprocessing_num_workers,
+            raw,
+            tokenizer,
+            max_seq_length=max_seq_length,
+            line_by_line=data_args.line_by_line,
+            text_column=data_args.text_column_name,
+            num_proc=data_args.preprocessing_num_workers,
             overwrite_cache=data_args.overwrite_cache,
         )
     train_dataset = eval_dataset = None
@@ -229,11 +288,23 @@ def main(argv=None):
         if data_args.max_eval_samples is not None:
             eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
 
-    pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
-    collator = ReproducibleMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
-                                       seed=training_args.seed, pad_to_multiple_of=pad_multiple)
-    trainer = CrAMTrainerForMaskedLM(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=tokenizer, data_collator=collator)
+    pad_multiple = (
+        8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
+    )
+    collator = ReproducibleMLMCollator(
+        tokenizer,
+        mlm_probability=data_args.mlm_probability,
+        seed=training_args.seed,
+        pad_to_multiple_of=pad_multiple,
+    )
+    trainer = CrAMTrainerForMaskedLM(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
 
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or resume
@@ -247,11 +318,18 @@ def main(argv=None):
 
     if training_args.do_eval:
         # A fixed masking seed: every level is scored on the same masked tokens.
-        eval_collator = ReproducibleMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability, seed=1234)
+        eval_collator = ReproducibleMLMCollator(
+            tokenizer, mlm_probability=data_args.mlm_probability, seed=1234
+        )
 
         def evaluate():
-            result = evaluate_mlm(model, eval_dataset, eval_collator,
-                                  batch_size=training_args.per_device_eval_batch_size, device=training_args.device)
+            result = evaluate_mlm(
+                model,
+                eval_dataset,
+                eval_collator,
+                batch_size=training_args.per_device_eval_batch_size,
+                device=training_args.device,
+            )
             result.pop("masked_tokens")
             return result
 
@@ -264,13 +342,20 @@ def main(argv=None):
         if levels is None:
             levels = training_args.cram_levels
         if levels and trainer.is_world_process_zero():
-            evaluate_sparsities(evaluate, model, levels, scope=training_args.cram_scope,
-                                targets=training_args.cram_targets, output_dir=training_args.output_dir,
-                                dense_metrics=dense)
+            evaluate_sparsities(
+                evaluate,
+                model,
+                levels,
+                scope=training_args.cram_scope,
+                targets=training_args.cram_targets,
+                output_dir=training_args.output_dir,
+                dense_metrics=dense,
+            )
 
     if training_args.push_to_hub:
-        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, tasks="fill-mask",
-                            tags=["cram", "fill-mask"])
+        trainer.push_to_hub(
+            finetuned_from=model_args.model_name_or_path, tasks="fill-mask", tags=["cram", "fill-mask"]
+        )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ from transformers import (
     set_seed,
 )
 
+from cram_hf.arguments import UsageError, run_recipe, setup_logging, validated
+from cram_hf.arguments import parse_args as parse_recipe_args
+from cram_hf.checkpoint import check_model_source
+from cram_hf.files import check_not_empty, write_json
 from cram_hf.qa import (
     ANSWERS,
     CONTEXT,
@@ -50,10 +54,6 @@ from cram_hf.qa import (
     prepare_train_features,
     prepare_validation_features,
 )
-from cram_hf.arguments import UsageError, run_recipe, setup_logging, validated
-from cram_hf.files import check_not_empty
-from cram_hf.arguments import parse_args as parse_recipe_args
-from cram_hf.checkpoint import check_model_source
 from cram_hf.recipe_support import (
     FinetuneConfig,
     SparseTransferArguments,
@@ -63,7 +63,6 @@ from cram_hf.recipe_support import (
     setup_keep_sparsity,
     train_and_save,
 )
-from cram_hf.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,15 @@ logger = logging.getLogger(__name__)
 class ModelArguments:
     """Which model/config/tokenizer to fine-tune from."""
 
-    model_name_or_path: str = field(metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."})
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    model_name_or_path: str = field(
+        metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."}
+    )
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Config name or path, if not the model's."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's."}
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads."})
     model_revision: str = field(default="main", metadata={"help": "Model version (branch, tag or commit)."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
@@ -89,35 +94,60 @@ class ModelArguments:
 class DataTrainingArguments:
     """What data to train and evaluate on, how to window it and how to pick answers."""
 
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset, e.g. squad or squad_v2."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset, e.g. squad or squad_v2."}
+    )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
-    train_file: Optional[str] = field(default=None, metadata={"help": "SQuAD-format json/jsonl training file."})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "SQuAD-format json/jsonl dev file."})
-    test_file: Optional[str] = field(default=None, metadata={"help": "SQuAD-format json/jsonl file to predict on."})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "SQuAD-format json/jsonl training file."}
+    )
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "SQuAD-format json/jsonl dev file."}
+    )
+    test_file: Optional[str] = field(
+        default=None, metadata={"help": "SQuAD-format json/jsonl file to predict on."}
+    )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for tokenization."}
+    )
     max_seq_length: int = field(
-        default=384, metadata={"help": "Window length in tokens (question + context); longer contexts are split."}
+        default=384,
+        metadata={"help": "Window length in tokens (question + context); longer contexts are split."},
     )
     pad_to_max_length: bool = field(
-        default=True, metadata={"help": "Pad every window to max_seq_length; if false, pad each batch (faster on CPU)."}
+        default=True,
+        metadata={"help": "Pad every window to max_seq_length; if false, pad each batch (faster on CPU)."},
     )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training examples."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation examples."})
-    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the prediction examples."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the training examples."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the evaluation examples."}
+    )
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the prediction examples."}
+    )
     version_2_with_negative: bool = field(
         default=False, metadata={"help": "SQuAD v2.0: some questions have no answer."}
     )
     null_score_diff_threshold: float = field(
         default=0.0,
-        metadata={"help": "v2: answer nothing when the null score exceeds the best span score by more than this."},
+        metadata={
+            "help": "v2: answer nothing when the null score exceeds the best span score by more than this."
+        },
     )
     doc_stride: int = field(default=128, metadata={"help": "Overlap in tokens between consecutive windows."})
     n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window."})
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer in tokens."})
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None and self.test_file is None:
+        if (
+            self.dataset_name is None
+            and self.train_file is None
+            and self.validation_file is None
+            and self.test_file is None
+        ):
             raise ValueError("Need either --dataset_name or --train_file/--validation_file/--test_file.")
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
@@ -131,12 +161,16 @@ class DataTrainingArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}.")
         if self.doc_stride >= self.max_seq_length:
-            raise ValueError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length ({self.max_seq_length}).")
+            raise ValueError(
+                f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length ({self.max_seq_length})."
+            )
 
 
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig))
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig)
+    )
     return parse_recipe_args(parser, argv)
 
 
@@ -147,25 +181,46 @@ def main(argv=None):
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                  trust_remote_code=model_args.trust_remote_code)
-    check_model_fits(model_args.config_name or model_args.model_name_or_path, AutoModelForQuestionAnswering,
-                     training_args, sparse_args.eval_sparsities, **common)
+    common = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    check_model_fits(
+        model_args.config_name or model_args.model_name_or_path,
+        AutoModelForQuestionAnswering,
+        training_args,
+        sparse_args.eval_sparsities,
+        **common,
+    )
     set_seed(training_args.seed)
 
     # ---- data, checked before the model is loaded ----
     if data_args.dataset_name is not None:
-        raw_datasets = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name,
-                                             cache_dir=model_args.cache_dir, token=model_args.token)
+        raw_datasets = datasets.load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
     else:
-        raw_datasets = datasets.DatasetDict({
-            split: validated(load_squad_file, path)
-            for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
-                                ("test", data_args.test_file))
-            if path is not None
-        })
-    for split, flag, file_flag in (("train", "do_train", "--train_file"), ("validation", "do_eval", "--validation_file"),
-                                   ("test", "do_predict", "--test_file")):
+        raw_datasets = datasets.DatasetDict(
+            {
+                split: validated(load_squad_file, path)
+                for split, path in (
+                    ("train", data_args.train_file),
+                    ("validation", data_args.validation_file),
+                    ("test", data_args.test_file),
+                )
+                if path is not None
+            }
+        )
+    for split, flag, file_flag in (
+        ("train", "do_train", "--train_file"),
+        ("validation", "do_eval", "--validation_file"),
+        ("test", "do_predict", "--test_file"),
+    ):
         if getattr(training_args, flag) and split not in raw_datasets:
             raise UsageError(f"--{flag} needs {split} data: pass {file_flag}.")
     for split, data in raw_datasets.items():
@@ -173,12 +228,16 @@ def main(argv=None):
         if missing and not (split == "test" and missing == [ANSWERS]):
             raise UsageError(f"The {split} data lacks column(s) {missing} (columns: {data.column_names}).")
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **common)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path, **common
+    )
     validated(check_fast_tokenizer, tokenizer)
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(f"max_seq_length {data_args.max_seq_length} > the model's maximum "
-                       f"{tokenizer.model_max_length}; using {max_seq_length}.")
+        logger.warning(
+            f"max_seq_length {data_args.max_seq_length} > the model's maximum "
+            f"{tokenizer.model_max_length}; using {max_seq_length}."
+        )
     if data_args.doc_stride >= max_seq_length:
         raise UsageError(
             f"doc_stride ({data_args.doc_stride}) must be smaller than the window ({max_seq_length})."
@@ -186,12 +245,19 @@ def main(argv=None):
 
     # ---- model ----
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **common)
-    model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config, **common)
-    keep_sparsity = setup_keep_sparsity(model, model_args.model_name_or_path, sparse_args,
-                                        targets=training_args.cram_targets)
+    model = AutoModelForQuestionAnswering.from_pretrained(
+        model_args.model_name_or_path, config=config, **common
+    )
+    keep_sparsity = setup_keep_sparsity(
+        model, model_args.model_name_or_path, sparse_args, targets=training_args.cram_targets
+    )
 
-    windows = dict(tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=data_args.doc_stride,
-                   pad_to_max_length=data_args.pad_to_max_length)
+    windows = dict(
+        tokenizer=tokenizer,
+        max_seq_length=max_seq_length,
+        doc_stride=data_args.doc_stride,
+        pad_to_max_length=data_args.pad_to_max_length,
+    )
 
     def limit(dataset, n):
         return dataset.select(range(min(len(dataset), n))) if n is not None else dataset
@@ -199,16 +265,20 @@ def main(argv=None):
     def featurize(examples, prepare, desc):
         with training_args.main_process_first(desc=desc):
             return examples.map(
-                functools.partial(prepare, **windows), batched=True, remove_columns=examples.column_names,
-                num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
+                functools.partial(prepare, **windows),
+                batched=True,
+                remove_columns=examples.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
                 desc=desc,
             )
 
     train_dataset = eval_examples = eval_dataset = predict_examples = predict_dataset = None
     if training_args.do_train:
         train_examples = limit(raw_datasets["train"], data_args.max_train_samples)
-        train_dataset = limit(featurize(train_examples, prepare_train_features, "Train windows"),
-                              data_args.max_train_samples)
+        train_dataset = limit(
+            featurize(train_examples, prepare_train_features, "Train windows"), data_args.max_train_samples
+        )
     if training_args.do_eval:
         # Examples are truncated, not windows: every kept example keeps all its windows.
         eval_examples = limit(raw_datasets["validation"], data_args.max_eval_samples)
@@ -220,7 +290,9 @@ def main(argv=None):
     if data_args.pad_to_max_length:
         data_collator = default_data_collator
     else:
-        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+        data_collator = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None
+        )
 
     post_process = functools.partial(
         postprocess_qa_predictions,
@@ -264,8 +336,13 @@ def main(argv=None):
         if sparse_args.eval_sparsities:
             logger.info("*** One-shot pruning: %s ***", " ".join(sparse_args.eval_sparsities))
             evaluate_sparsities(
-                trainer.evaluate, trainer.model, sparse_args.eval_sparsities, scope=sparse_args.eval_sparsity_scope,
-                targets=training_args.cram_targets, output_dir=training_args.output_dir, dense_metrics=metrics,
+                trainer.evaluate,
+                trainer.model,
+                sparse_args.eval_sparsities,
+                scope=sparse_args.eval_sparsity_scope,
+                targets=training_args.cram_targets,
+                output_dir=training_args.output_dir,
+                dense_metrics=metrics,
                 write=trainer.is_world_process_zero(),
             )
 

@@ -59,12 +59,31 @@ def run(cls, args_cls, steps, **extra):
     model = BertForMaskedLM(tiny_bert_config())
     initial = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(1)
-    data = [{"input_ids": torch.randint(5, 64, (10,), generator=gen),
-             "labels": torch.randint(5, 64, (10,), generator=gen)} for _ in range(32)]
-    args = args_cls(output_dir="/tmp/ddp-cram-test", max_steps=steps, per_device_train_batch_size=2,
-                    gradient_accumulation_steps=2, learning_rate=LR, optim="sgd", lr_scheduler_type="constant",
-                    max_grad_norm=0.0, report_to=[], save_strategy="no", seed=5, use_cpu=True,
-                    ddp_backend="gloo", dataloader_drop_last=True, logging_steps=1, **extra)
+    data = [
+        {
+            "input_ids": torch.randint(5, 64, (10,), generator=gen),
+            "labels": torch.randint(5, 64, (10,), generator=gen),
+        }
+        for _ in range(32)
+    ]
+    args = args_cls(
+        output_dir="/tmp/ddp-cram-test",
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        seed=5,
+        use_cpu=True,
+        ddp_backend="gloo",
+        dataloader_drop_last=True,
+        logging_steps=1,
+        **extra,
+    )
     trainer = recording(cls)(model=model, args=args, train_dataset=data)
     trainer.model_accepts_loss_kwargs = False
     counter = CountAllReduce(trainer)
@@ -106,16 +125,19 @@ def main():
     ranks_differ = float((gathered[0] - gathered[1]).abs().max())
     if dist.get_rank() == 0:
         with open(out, "w") as f:
-            json.dump({
-                "max_err": max_err,
-                "weights_equal": counter.weights_equal + cram_counter.weights_equal,
-                "ranks_saw_different_batches": different_batches,
-                "allreduce_calls_cram": cram_counter.calls,
-                "allreduce_calls_stock": stock_counter.calls,
-                "world_size": dist.get_world_size(),
-                "logged_compressed_loss_err": log_err,
-                "ranks_compressed_loss_differ_by": ranks_differ,
-            }, f)
+            json.dump(
+                {
+                    "max_err": max_err,
+                    "weights_equal": counter.weights_equal + cram_counter.weights_equal,
+                    "ranks_saw_different_batches": different_batches,
+                    "allreduce_calls_cram": cram_counter.calls,
+                    "allreduce_calls_stock": stock_counter.calls,
+                    "world_size": dist.get_world_size(),
+                    "logged_compressed_loss_err": log_err,
+                    "ranks_compressed_loss_differ_by": ranks_differ,
+                },
+                f,
+            )
     # Leave together: a rank that tears gloo down while the other still works (rank 0 writing its
     # results) can abort with "terminate called without an active exception".
     dist.barrier()

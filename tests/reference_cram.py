@@ -37,13 +37,14 @@ def reference_masks(values, level, scope):
     keep[order[:k]] = 0.0
     out, offset = {}, 0
     for name, v in values.items():
-        out[name] = keep[offset:offset + v.numel()].reshape(v.shape)
+        out[name] = keep[offset : offset + v.numel()].reshape(v.shape)
         offset += v.numel()
     return out
 
 
-def reference_direction(model, batch, *, rho, level, plus=True, sparse_grad=True, scope="global",
-                        grad_norm=False, targets=None):
+def reference_direction(
+    model, batch, *, rho, level, plus=True, sparse_grad=True, scope="global", grad_norm=False, targets=None
+):
     """d for one micro-batch, as a dict name -> tensor (every trainable parameter)."""
     model.eval()  # dropout off: both passes must see the same function
     theta = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import make_tiny_tokenizer, tiny_bert_config
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
 import cram_hf
@@ -16,8 +17,6 @@ from cram_hf.checkpoint import (
     save_sparse,
 )
 from cram_hf.pruning import prune
-
-from conftest import make_tiny_tokenizer, tiny_bert_config
 
 
 def _pruned(level, seed=0, **overrides):

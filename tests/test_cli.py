@@ -7,12 +7,11 @@ import random
 
 import pytest
 import torch
+from conftest import WORDS, make_tiny_tokenizer, tiny_bert_config
 from transformers import AutoModelForMaskedLM, BertForMaskedLM, BertForSequenceClassification
 
 from cram_hf.checkpoint import COMPACT_WEIGHTS, SPARSITY_CONFIG, load_sparse
 from cram_hf.cli import main
-
-from conftest import WORDS, make_tiny_tokenizer, tiny_bert_config
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +226,9 @@ def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path
         assert r["achieved_sparsity"] == pytest.approx(r["sparsity"], abs=1 / 4096)  # round(s*n) of 4096
         assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item(), rel=1e-6)
     # a fresh copy per level: level 0 after 0.9 equals the dense model, and the saved model is untouched
-    from cram_hf.sweep import MLMEval
-
     from transformers import AutoTokenizer
+
+    from cram_hf.sweep import MLMEval
 
     dense = MLMEval(
         str(models["text"]), AutoTokenizer.from_pretrained(models["mlm_a"]), max_seq_length=16, batch_size=8

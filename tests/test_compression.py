@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from cram_hf.compression import (
-    compression_masks, kth_smallest_abs, level_sparsity, magnitude_masks, nm_mask, parse_level,
+    compression_masks,
+    kth_smallest_abs,
+    level_sparsity,
+    magnitude_masks,
+    nm_mask,
+    parse_level,
 )
 
 
@@ -78,10 +83,21 @@ def test_compression_masks_dispatch():
     assert level_sparsity((2, 4)) == 0.5 and level_sparsity((4, 8)) == 0.5 and level_sparsity(0.7) == 0.7
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (1.0, r"\[0, 1\)"), (-0.1, r"\[0, 1\)"), ("3:2", "0 < N < M"), ("4:4", "0 < N < M"), ("0:4", "0 < N < M"),
-    ("2:x", "malformed"), ("abc", "neither"), (124, "quote N:M"), (True, "expected a float"), (None, "expected"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (1.0, r"\[0, 1\)"),
+        (-0.1, r"\[0, 1\)"),
+        ("3:2", "0 < N < M"),
+        ("4:4", "0 < N < M"),
+        ("0:4", "0 < N < M"),
+        ("2:x", "malformed"),
+        ("abc", "neither"),
+        (124, "quote N:M"),
+        (True, "expected a float"),
+        (None, "expected"),
+    ],
+)
 def test_parse_level_rejects_bad_values_naming_the_parameter(bad, msg):
     with pytest.raises(ValueError, match=msg) as err:
         parse_level(bad, "cram_sparsities")

@@ -9,13 +9,21 @@ def config(**kw):
     return CrAMConfig(output_dir="/tmp/cram-config-test", report_to=[], **kw)
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("cram_rho", -0.1, "cram_rho"), ("cram_rho", float("nan"), "cram_rho"), ("cram_rho", "big", "cram_rho"),
-    ("cram_sparsities", ["1.0"], "cram_sparsities"), ("cram_sparsities", ["3:2"], "cram_sparsities"),
-    ("cram_sparsities", [124], "quote"), ("cram_scope", "row", "cram_scope"),
-    ("cram_targets", ["(unclosed"], "cram_targets"), ("cram_plus", "yes", "cram_plus"),
-    ("optim", "lomo", "optim"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("cram_rho", -0.1, "cram_rho"),
+        ("cram_rho", float("nan"), "cram_rho"),
+        ("cram_rho", "big", "cram_rho"),
+        ("cram_sparsities", ["1.0"], "cram_sparsities"),
+        ("cram_sparsities", ["3:2"], "cram_sparsities"),
+        ("cram_sparsities", [124], "quote"),
+        ("cram_scope", "row", "cram_scope"),
+        ("cram_targets", ["(unclosed"], "cram_targets"),
+        ("cram_plus", "yes", "cram_plus"),
+        ("optim", "lomo", "optim"),
+    ],
+)
 def test_bad_values_are_refused_with_the_field_name(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         config(**{field: value})

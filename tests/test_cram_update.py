@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from reference_cram import reference_direction
 from torch.utils.data import SequentialSampler
 from transformers import BertForMaskedLM, Trainer, TrainingArguments
 
 from cram_hf import CrAMConfig, CrAMTrainer
-from reference_cram import reference_direction
 
 LR = 0.5
 
@@ -23,8 +23,10 @@ class InOrder(CrAMTrainer):
 def make_data(n=8, seq=10, vocab=64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [
-        {"input_ids": torch.randint(5, vocab, (seq,), generator=gen),
-         "labels": torch.randint(5, vocab, (seq,), generator=gen)}
+        {
+            "input_ids": torch.randint(5, vocab, (seq,), generator=gen),
+            "labels": torch.randint(5, vocab, (seq,), generator=gen),
+        }
         for _ in range(n)
     ]
 
@@ -35,9 +37,20 @@ def stack(rows):
 
 def sgd_args(tmp_path, **cram):
     return CrAMConfig(
-        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, learning_rate=LR,
-        optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, report_to=[],
-        save_strategy="no", logging_steps=1, seed=7, dataloader_drop_last=True, **cram,
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=7,
+        dataloader_drop_last=True,
+        **cram,
     )
 
 
@@ -59,8 +72,12 @@ VARIANTS = [
     dict(cram_plus=True, cram_sparse_grad=True, cram_sparsities=["2:4"]),
     dict(cram_plus=False, cram_sparse_grad=True, cram_sparsities=["4:8"]),
     dict(cram_plus=True, cram_sparse_grad=True, cram_sparsities=["0.7"], cram_grad_norm=True, cram_rho=0.3),
-    dict(cram_plus=True, cram_sparse_grad=True, cram_sparsities=["0.5"],
-         cram_targets=[r"attention\.self\.(query|value)\.weight$"]),
+    dict(
+        cram_plus=True,
+        cram_sparse_grad=True,
+        cram_sparsities=["0.5"],
+        cram_targets=[r"attention\.self\.(query|value)\.weight$"],
+    ),
     dict(cram_plus=True, cram_sparse_grad=True, cram_sparsities=[]),  # SAM-like: no compression
 ]
 
@@ -76,11 +93,19 @@ def test_one_step_matches_reference(tmp_path, tiny_config, variant):
     args = sgd_args(tmp_path, cram_rho=rho, **variant)
     trainer, level = run_one_step(model, args, data)
     d, masks = reference_direction(
-        before, stack(data), rho=rho, level=level, plus=variant["cram_plus"],
-        sparse_grad=variant["cram_sparse_grad"], scope=variant.get("cram_scope", "global"),
-        grad_norm=variant.get("cram_grad_norm", False), targets=variant.get("cram_targets"),
+        before,
+        stack(data),
+        rho=rho,
+        level=level,
+        plus=variant["cram_plus"],
+        sparse_grad=variant["cram_sparse_grad"],
+        scope=variant.get("cram_scope", "global"),
+        grad_norm=variant.get("cram_grad_norm", False),
+        targets=variant.get("cram_targets"),
     )
-    assert [n for n, _ in trainer.cram.targets] == (list(masks) if masks else [n for n, _ in trainer.cram.targets])
+    assert [n for n, _ in trainer.cram.targets] == (
+        list(masks) if masks else [n for n, _ in trainer.cram.targets]
+    )
     after = dict(model.named_parameters())
     for name, p in before.named_parameters():
         expected = p.detach() - LR * d[name]
@@ -118,7 +143,9 @@ def test_gradient_accumulation_is_mean_of_per_micro_batch_directions(tmp_path, t
     args.per_device_train_batch_size = 2
     args.gradient_accumulation_steps = 4
     _, level = run_one_step(model, args, data)
-    ds = [reference_direction(before, stack(data[i:i + 2]), rho=0.2, level=level)[0] for i in range(0, 8, 2)]
+    ds = [
+        reference_direction(before, stack(data[i : i + 2]), rho=0.2, level=level)[0] for i in range(0, 8, 2)
+    ]
     after = dict(model.named_parameters())
     for name, p in before.named_parameters():
         mean_d = sum(d[name] for d in ds) / len(ds)
@@ -132,8 +159,12 @@ def test_gradient_accumulation_is_mean_of_per_micro_batch_directions(tmp_path, t
 def test_weights_restored_bit_exactly_and_grad_holds_direction(tiny_config):
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_config)
-    trainer = CrAMTrainer(model=model, args=CrAMConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True,
-                                                       cram_rho=0.5, cram_sparsities=["0.9"]))
+    trainer = CrAMTrainer(
+        model=model,
+        args=CrAMConfig(
+            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+        ),
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop; the stock step reads it too
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -155,13 +186,25 @@ def test_rho_zero_and_no_levels_is_the_stock_trainer(tmp_path, tiny_config):
         torch.manual_seed(0)
         model = BertForMaskedLM(tiny_bert(tiny_config))
         # Accumulation: a trainer that changed the stock loss weighting (model_accepts_loss_kwargs) would differ.
-        args = args_cls(output_dir=str(tmp_path / cls.__name__), max_steps=4, per_device_train_batch_size=2,
-                        gradient_accumulation_steps=2, report_to=[], save_strategy="no", seed=3,
-                        learning_rate=1e-3, **extra)
+        args = args_cls(
+            output_dir=str(tmp_path / cls.__name__),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            report_to=[],
+            save_strategy="no",
+            seed=3,
+            learning_rate=1e-3,
+            **extra,
+        )
         trainer = cls(model=model, args=args, train_dataset=data)
         trainer.train()
-        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]),
-                        [h.get("loss") for h in trainer.state.log_history]))
+        results.append(
+            (
+                torch.cat([p.detach().flatten() for p in model.parameters()]),
+                [h.get("loss") for h in trainer.state.log_history],
+            )
+        )
     assert torch.equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
 
@@ -185,10 +228,19 @@ def test_level_sequence_is_a_function_of_seed_and_step(tiny_config):
 
 def test_trainer_logs_cram_metrics(tmp_path, tiny_config):
     torch.manual_seed(0)
-    trainer = CrAMTrainer(model=BertForMaskedLM(tiny_config), train_dataset=make_data(16),
-                          args=CrAMConfig(output_dir=str(tmp_path), max_steps=4, logging_steps=2, report_to=[],
-                                          per_device_train_batch_size=4, save_strategy="no",
-                                          cram_sparsities=["0.6", "0.8"]))
+    trainer = CrAMTrainer(
+        model=BertForMaskedLM(tiny_config),
+        train_dataset=make_data(16),
+        args=CrAMConfig(
+            output_dir=str(tmp_path),
+            max_steps=4,
+            logging_steps=2,
+            report_to=[],
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            cram_sparsities=["0.6", "0.8"],
+        ),
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2

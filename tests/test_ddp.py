@@ -1,9 +1,8 @@
 import json
 import os
+import socket
 import subprocess
 import sys
-
-import socket
 
 import pytest
 
@@ -13,6 +12,7 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 HERE = os.path.dirname(__file__)
 
 
@@ -20,8 +20,19 @@ HERE = os.path.dirname(__file__)
 def test_two_process_ddp_matches_reference_and_keeps_ranks_identical(tmp_path):
     out = tmp_path / "ddp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           os.path.join(HERE, "ddp_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        os.path.join(HERE, "ddp_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     # Rank 0 writes the results after every check has run on both ranks; gloo occasionally aborts while the
     # processes tear down after that ("terminate called ..."), which says nothing about the results.

@@ -8,15 +8,22 @@ import sys
 import pytest
 import torch
 import transformers
+from conftest import tiny_bert_config
+from reference_cram import reference_direction
+from test_cram_update import LR, InOrder, make_data, sgd_args, stack
 from torch.utils.data import SequentialSampler
-from transformers import BertForMaskedLM, GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from cram_hf import CrAMConfig, CrAMTrainer, KeepSparsityCallback, prune
 from cram_hf.diagnostics import HostReadCounter
 from cram_hf.trainer import _honours_num_items_in_batch
-from conftest import tiny_bert_config
-from reference_cram import reference_direction
-from test_cram_update import LR, InOrder, make_data, sgd_args, stack
 
 W = "bert.encoder.layer.1.output.dense.weight"
 
@@ -53,8 +60,9 @@ def test_a_compute_loss_that_pops_labels_gets_the_reference_update(tmp_path, tin
     model = BertForMaskedLM(tiny_config)
     before = copy.deepcopy(model)
     data = make_data(4)
-    trainer = PopsLabels(model=model, args=sgd_args(tmp_path, cram_rho=0.1, cram_sparsities=["0.7"]),
-                         train_dataset=data)
+    trainer = PopsLabels(
+        model=model, args=sgd_args(tmp_path, cram_rho=0.1, cram_sparsities=["0.7"]), train_dataset=data
+    )
     trainer.train()
     assert_weights(model, expected_after_one_step(before, data, 0.1, 0.7))
 
@@ -79,7 +87,9 @@ def test_label_smoothing_and_compute_loss_func_run_both_passes(tmp_path, tiny_co
     trainer = InOrder(model=BertForMaskedLM(tiny_config), args=args, train_dataset=make_data(8), **extra)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert len(logs) == 2 and all(h["cram_perturbation_norm"] > 0 and h["cram_compressed_loss"] > 0 for h in logs)
+    assert len(logs) == 2 and all(
+        h["cram_perturbation_norm"] > 0 and h["cram_compressed_loss"] > 0 for h in logs
+    )
     if feature == "compute_loss_func":
         assert len(seen) == 4  # clean and compressed pass of both steps
 
@@ -93,8 +103,9 @@ def test_model_init_trains_the_fresh_model_with_cram(tmp_path, tiny_config):
         return BertForMaskedLM(tiny_config)
 
     data = make_data(4)
-    trainer = InOrder(model_init=init, args=sgd_args(tmp_path, cram_rho=0.1, cram_sparsities=["0.7"]),
-                      train_dataset=data)
+    trainer = InOrder(
+        model_init=init, args=sgd_args(tmp_path, cram_rho=0.1, cram_sparsities=["0.7"]), train_dataset=data
+    )
     trainer.train()
     assert trainer.state.log_history[0]["cram_perturbation_norm"] > 0
     assert_weights(trainer.model, expected_after_one_step(init(), data, 0.1, 0.7))
@@ -106,8 +117,9 @@ def test_a_parameter_unfrozen_after_construction_is_perturbed(tmp_path, tiny_con
     param = dict(model.named_parameters())[W]
     param.requires_grad_(False)
     data = make_data(4)
-    trainer = InOrder(model=model, args=sgd_args(tmp_path, cram_rho=1.0, cram_sparsities=["0.7"]),
-                      train_dataset=data)
+    trainer = InOrder(
+        model=model, args=sgd_args(tmp_path, cram_rho=1.0, cram_sparsities=["0.7"]), train_dataset=data
+    )
     param.requires_grad_(True)
     before = copy.deepcopy(model)
     trainer.train()
@@ -119,8 +131,18 @@ def test_a_parameter_unfrozen_after_construction_is_perturbed(tmp_path, tiny_con
 
 def gpt2(seed=0):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=64,
+            n_positions=16,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def varying_label_data(n=8, seq=10):
@@ -144,13 +166,26 @@ def test_gpt2_honours_num_items_in_batch_and_bert_mlm_does_not(tiny_config):
 def test_cram_off_is_the_stock_trainer_for_a_token_weighted_model(tmp_path, accumulation):
     data = varying_label_data()
     results = []
-    for cls, args_cls, extra in ((InOrderStock, TrainingArguments, {}),
-                                 (InOrder, CrAMConfig, dict(cram_rho=0.0, cram_sparsities=[]))):
+    for cls, args_cls, extra in (
+        (InOrderStock, TrainingArguments, {}),
+        (InOrder, CrAMConfig, dict(cram_rho=0.0, cram_sparsities=[])),
+    ):
         model = gpt2()
-        args = args_cls(output_dir=str(tmp_path / cls.__name__), max_steps=2, learning_rate=LR, optim="sgd",
-                        per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
-                        lr_scheduler_type="constant", max_grad_norm=0.0, report_to=[], save_strategy="no",
-                        logging_steps=1, seed=3, **extra)
+        args = args_cls(
+            output_dir=str(tmp_path / cls.__name__),
+            max_steps=2,
+            learning_rate=LR,
+            optim="sgd",
+            per_device_train_batch_size=4 // accumulation,
+            gradient_accumulation_steps=accumulation,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            seed=3,
+            **extra,
+        )
         trainer = cls(model=model, args=args, train_dataset=data)
         trainer.train()
         results.append((flat(model), [h.get("loss") for h in trainer.state.log_history]))
@@ -174,7 +209,7 @@ def test_token_weighted_model_gets_each_direction_weighted_by_its_label_tokens(t
     trainer = InOrder(model=model, args=args, train_dataset=data)
     assert trainer.model_accepts_loss_kwargs  # the stock view of GPT-2, kept
     trainer.train()
-    micro = [stack(data[i:i + 2]) for i in range(0, 8, 2)]
+    micro = [stack(data[i : i + 2]) for i in range(0, 8, 2)]
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in micro]  # causal LM: labels shift by one
     total = sum(counts)
     expected = {n: p.detach().clone() for n, p in before.named_parameters()}
@@ -204,6 +239,7 @@ def test_the_stock_steps_pieces_run_in_both_passes(tmp_path, tiny_config, monkey
         return original(self, model, inputs)
 
     monkeypatch.setattr(Trainer, "_prepare_context_parallel_inputs", counting_cp)
+
     def count_cache():
         calls["cache"] += 1
 
@@ -217,14 +253,18 @@ def test_the_stock_steps_pieces_run_in_both_passes(tmp_path, tiny_config, monkey
     assert calls == {"cp": 2, "cache": 2}
 
 
-@pytest.mark.skipif(not hasattr(Trainer, "loss_is_scaled_for_ga"), reason="transformers < 5 has no such attribute")
+@pytest.mark.skipif(
+    not hasattr(Trainer, "loss_is_scaled_for_ga"), reason="transformers < 5 has no such attribute"
+)
 def test_loss_is_scaled_for_ga_is_honoured(tmp_path, tiny_config):
     """A subclass that normalises its loss over the accumulated batch itself and says so: the stock step
     must not divide by K again. Same update as the default; without the flag it would be halved."""
 
     class SelfScaled(InOrder):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            return super().compute_loss(model, inputs, *args, **kwargs) / self.args.gradient_accumulation_steps
+            return (
+                super().compute_loss(model, inputs, *args, **kwargs) / self.args.gradient_accumulation_steps
+            )
 
     class Declared(SelfScaled):
         loss_is_scaled_for_ga = True
@@ -250,8 +290,12 @@ def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, 
 
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_config)
-    trainer = CrAMTrainer(model=model, args=CrAMConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True,
-                                                       cram_rho=0.5, cram_sparsities=["0.9"]))
+    trainer = CrAMTrainer(
+        model=model,
+        args=CrAMConfig(
+            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+        ),
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     trainer.current_gradient_accumulation_steps = 2
     trainer.training_step(model, stack(make_data(4)))  # a first micro-batch: a gradient is accumulated
@@ -282,8 +326,12 @@ def test_an_error_in_the_compressed_pass_restores_the_weights(tiny_config):
 
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_config)
-    trainer = FailsSecond(model=model, args=CrAMConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True,
-                                                       cram_rho=0.5, cram_sparsities=["0.9"]))
+    trainer = FailsSecond(
+        model=model,
+        args=CrAMConfig(
+            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+        ),
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     trainer.current_gradient_accumulation_steps = 1
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -323,9 +371,22 @@ def test_torchrun_without_use_cpu_on_a_cpu_machine_is_refused(tmp_path):
     from test_ddp import free_port
 
     script = tmp_path / "make_args.py"
-    script.write_text("import sys\nfrom cram_hf import CrAMConfig\nCrAMConfig(output_dir=sys.argv[1], report_to=[])\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script), str(tmp_path / "out")]
+    script.write_text(
+        "import sys\nfrom cram_hf import CrAMConfig\nCrAMConfig(output_dir=sys.argv[1], report_to=[])\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(tmp_path / "out"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -363,8 +424,14 @@ def step_reads(level, scope="global", scaler=False, stock=False):
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_bert_config(num_hidden_layers=12))  # 72 targets, as many as bert-base
     levels = [level] if level else []
-    args = CrAMConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_sparsities=levels,
-                      cram_scope=scope, cram_rho=0.05 if level else 0.0)
+    args = CrAMConfig(
+        output_dir="/tmp/unused",
+        report_to=[],
+        use_cpu=True,
+        cram_sparsities=levels,
+        cram_scope=scope,
+        cram_rho=0.05 if level else 0.0,
+    )
     trainer = (Trainer if stock else CrAMTrainer)(model=model, args=args)
     if scaler:
         trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
@@ -385,8 +452,10 @@ def model_reads():
     return step_reads(None, stock=True).total
 
 
-@pytest.mark.parametrize("level,scope", [("0.7", "global"), ("0.7", "layer"), ("2:4", "global"),
-                                         ("4:8", "global"), (None, "global")])
+@pytest.mark.parametrize(
+    "level,scope",
+    [("0.7", "global"), ("0.7", "layer"), ("2:4", "global"), ("4:8", "global"), (None, "global")],
+)
 def test_a_cram_step_reads_nothing_back_to_the_host(level, scope, model_reads):
     reads = step_reads(level, scope)
     passes = 2 if level else 1  # CrAM off: the stock step, one forward

@@ -8,8 +8,7 @@ from transformers import BertForMaskedLM, TrainerCallback
 
 from cram_hf import CrAMConfig, CrAMTrainer
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def data(n=64, seq=16):
@@ -33,10 +32,20 @@ class OverflowAt(CrAMTrainer):
 def test_mixed_precision_on_cuda_trains_and_survives_overflow(tmp_path, tiny_config, precision):
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_config)
-    args = CrAMConfig(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8, learning_rate=3e-3,
-                      logging_steps=1, report_to=[], save_strategy="no", cram_sparsities=["0.5", "2:4"],
-                      **{precision: True})
-    trainer = (OverflowAt if precision == "fp16" else CrAMTrainer)(model=model, args=args, train_dataset=data())
+    args = CrAMConfig(
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        cram_sparsities=["0.5", "2:4"],
+        **{precision: True},
+    )
+    trainer = (OverflowAt if precision == "fp16" else CrAMTrainer)(
+        model=model, args=args, train_dataset=data()
+    )
     weights = {}
 
     class Watch(TrainerCallback):

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_tokenizer, tiny_bert_config
 from transformers import BertForMaskedLM
 
 from cram_hf import hub
@@ -23,8 +24,6 @@ from cram_hf.checkpoint import save_sparse
 from cram_hf.cli import main
 from cram_hf.hub import HubError, model_card, push_to_hub
 from cram_hf.pruning import prune
-
-from conftest import make_tiny_tokenizer, tiny_bert_config
 
 TOKEN = "hf_test_token"
 

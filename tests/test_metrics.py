@@ -48,7 +48,10 @@ def test_squad_em_f1_single_and_max_over_golds():
     assert M.exact_match_score("The Cat sat.", "cat sat") == 1
     out = M.squad_metrics(
         {"q1": "Paris", "q2": "in 1990"},
-        {"q1": {"text": ["Paris, France", "paris"], "answer_start": [0, 0]}, "q2": {"text": ["1990"], "answer_start": [3]}},
+        {
+            "q1": {"text": ["Paris, France", "paris"], "answer_start": [0, 0]},
+            "q2": {"text": ["1990"], "answer_start": [3]},
+        },
     )
     # q1: exact via the second gold; q2: EM 0, F1 = 2·(1/2·1)/(1/2+1) = 2/3.
     assert out == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 2 / 3) / 2})

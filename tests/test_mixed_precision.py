@@ -20,8 +20,17 @@ def learnable_data(n=32, seq=12):
 
 def args(tmp_path, steps, fp16=False, **kw):
     kw = {"learning_rate": 3e-3, "cram_sparsities": ["0.5", "0.7"], **kw}
-    config = CrAMConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, logging_steps=1,
-                        report_to=[], use_cpu=True, save_strategy="no", seed=0, **kw)
+    config = CrAMConfig(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        **kw,
+    )
     # CrAMConfig refuses fp16 without a GPU (no loss scaling on CPU); these tests install a CPU GradScaler
     # themselves, so they switch fp16 on after that check.
     config.fp16 = fp16
@@ -67,7 +76,9 @@ def test_fp16_overflow_skips_the_step_like_the_stock_scaler(tmp_path, tiny_confi
 
     class Watch(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            snapshots[state.global_step] = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+            snapshots[state.global_step] = torch.cat(
+                [p.detach().flatten().clone() for p in model.parameters()]
+            )
             scales[state.global_step] = scaler.get_scale()
 
     trainer.add_callback(Watch())
@@ -84,8 +95,11 @@ def test_fp16_perturbation_uses_the_unscaled_gradient(tmp_path, tiny_config):
     norms = []
     for scale in (1.0, 2.0**14):
         torch.manual_seed(0)
-        trainer = CrAMTrainer(model=BertForMaskedLM(tiny_config), args=args(tmp_path, 3, fp16=True),
-                              train_dataset=learnable_data())
+        trainer = CrAMTrainer(
+            model=BertForMaskedLM(tiny_config),
+            args=args(tmp_path, 3, fp16=True),
+            train_dataset=learnable_data(),
+        )
         install_cpu_scaler(trainer, init_scale=scale, growth_interval=1000)
         trainer.train()
         norms.append([h["cram_perturbation_norm"] for h in trainer.state.log_history if "loss" in h])
@@ -105,8 +119,18 @@ def test_a_mixed_precision_step_is_the_fp32_step_up_to_rounding(tmp_path, tiny_c
         torch.manual_seed(0)
         model = BertForMaskedLM(tiny_config)
         before = torch.cat([p.detach().flatten() for p in model.parameters()])
-        config = args(tmp_path, 1, fp16=mode == "fp16", bf16=mode == "bf16", optim="sgd", learning_rate=0.5,
-                      lr_scheduler_type="constant", max_grad_norm=0.0, cram_rho=0.2, cram_sparsities=["0.7"])
+        config = args(
+            tmp_path,
+            1,
+            fp16=mode == "fp16",
+            bf16=mode == "bf16",
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            cram_rho=0.2,
+            cram_sparsities=["0.7"],
+        )
         trainer = CrAMTrainer(model=model, args=config, train_dataset=learnable_data(4))
         if mode == "fp16":
             install_cpu_scaler(trainer, init_scale=2.0**10)

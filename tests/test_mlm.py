@@ -1,13 +1,16 @@
-
 import datasets
 import pytest
 import torch
+from conftest import WORDS
 from transformers import BertForMaskedLM
 
 from cram_hf.mlm import (
-    CrAMTrainerForMaskedLM, ReproducibleMLMCollator, evaluate_mlm, masked_lm_loss, tokenize_for_mlm,
+    CrAMTrainerForMaskedLM,
+    ReproducibleMLMCollator,
+    evaluate_mlm,
+    masked_lm_loss,
+    tokenize_for_mlm,
 )
-from conftest import WORDS
 
 TEXT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(25)) + "." for i in range(60)]
 
@@ -22,7 +25,11 @@ def test_blocks_have_the_requested_length_and_special_tokens(tokenized, tiny_tok
     assert len(tokenized) > 10
     for row in tokenized:
         ids = row["input_ids"]
-        assert len(ids) == 16 and ids[0] == tiny_tokenizer.cls_token_id and ids[-1] == tiny_tokenizer.sep_token_id
+        assert (
+            len(ids) == 16
+            and ids[0] == tiny_tokenizer.cls_token_id
+            and ids[-1] == tiny_tokenizer.sep_token_id
+        )
 
 
 def test_masking_depends_only_on_seed_and_batch(tokenized, tiny_tokenizer):
@@ -74,9 +81,16 @@ def test_masked_lm_trainer_step_equals_the_stock_loss_step(tmp_path, tokenized, 
     for cls in (CrAMTrainerForMaskedLM, CrAMTrainer):
         torch.manual_seed(0)
         model = BertForMaskedLM(tiny_config)
-        args = CrAMConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                          learning_rate=5e-3, report_to=[], save_strategy="no", use_cpu=True,
-                          cram_sparsities=["0.5", "2:4"])
+        args = CrAMConfig(
+            output_dir=str(tmp_path),
+            max_steps=3,
+            per_device_train_batch_size=8,
+            learning_rate=5e-3,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            cram_sparsities=["0.5", "2:4"],
+        )
         cls(model=model, args=args, train_dataset=tokenized, data_collator=collator).train()
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)

@@ -4,12 +4,12 @@ output embedding, and the compiled wrapper must not be truth-tested (``bool()`` 
 import datasets
 import pytest
 import torch
+from conftest import WORDS
 from transformers import BertForMaskedLM
 
-from conftest import WORDS
 from cram_hf import CrAMConfig
-from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.mlm import CrAMTrainerForMaskedLM, masked_lm_loss
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 
 TEXT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(25)) + "." for i in range(20)]
 
@@ -22,12 +22,23 @@ def train(tmp_path, tokenizer, steps=2, compile=True, **cram):
 
     model = BertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer)))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = CrAMConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
-                      learning_rate=1e-2,
-                      report_to=[], save_strategy="no", use_cpu=True, seed=0, logging_steps=1,
-                      torch_compile=compile, torch_compile_backend="eager" if compile else None, **cram)
-    trainer = CrAMTrainerForMaskedLM(model=model, args=args, train_dataset=data,
-                                     data_collator=ReproducibleMLMCollator(tokenizer, seed=0))
+    args = CrAMConfig(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        torch_compile=compile,
+        torch_compile_backend="eager" if compile else None,
+        **cram,
+    )
+    trainer = CrAMTrainerForMaskedLM(
+        model=model, args=args, train_dataset=data, data_collator=ReproducibleMLMCollator(tokenizer, seed=0)
+    )
     calls = []
     head = model.get_output_embeddings()
     hook = head.register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
@@ -38,8 +49,11 @@ def train(tmp_path, tokenizer, steps=2, compile=True, **cram):
     return losses, moved, calls, model
 
 
-@pytest.mark.parametrize("cram", [dict(cram_rho=0.0, cram_sparsities=[]),
-                                  dict(cram_rho=0.1, cram_sparsities=["0.5", "2:4"])], ids=["plain", "cram"])
+@pytest.mark.parametrize(
+    "cram",
+    [dict(cram_rho=0.0, cram_sparsities=[]), dict(cram_rho=0.1, cram_sparsities=["0.5", "2:4"])],
+    ids=["plain", "cram"],
+)
 def test_compiled_masked_lm_trainer_trains(tmp_path, tiny_tokenizer, cram):
     losses, moved, calls, model = train(tmp_path / "compiled", tiny_tokenizer, **cram)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

@@ -25,8 +25,14 @@ def free_port():
 
 def env():
     # Loopback only: the rendezvous store and gloo's sockets (GLOO_SOCKET_IFNAME) both stay on 127.0.0.1.
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                TOKENIZERS_PARALLELISM="false", GLOO_SOCKET_IFNAME="lo")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        GLOO_SOCKET_IFNAME="lo",
+    )
 
 
 def torchrun(*args):
@@ -36,8 +42,12 @@ def torchrun(*args):
 def launch(cmds, logs):
     """Start every command at once, wait for all under one deadline; on timeout kill each launch's whole
     session (agent and its workers), so a node left waiting for a dead peer cannot outlive the test."""
-    procs = [subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for cmd, log in zip(cmds, logs)]
+    procs = [
+        subprocess.Popen(
+            cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        for cmd, log in zip(cmds, logs)
+    ]
     deadline = time.monotonic() + TIMEOUT
     try:
         for p in procs:
@@ -66,8 +76,21 @@ def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
     while port_multi == port_single:
         port_multi = free_port()
     cmds = [torchrun("--nnodes", 1, "--nproc_per_node", 2, "--master_port", port_single, WORKER, single)]
-    cmds += [torchrun("--nnodes", 2, "--node_rank", node, "--nproc_per_node", 1, "--master_port", port_multi,
-                      WORKER, multi) for node in (0, 1)]
+    cmds += [
+        torchrun(
+            "--nnodes",
+            2,
+            "--node_rank",
+            node,
+            "--nproc_per_node",
+            1,
+            "--master_port",
+            port_multi,
+            WORKER,
+            multi,
+        )
+        for node in (0, 1)
+    ]
     logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(3)]
     try:
         # All three agents at once: the two "nodes" must be up together, and the reference run fits alongside.
@@ -80,6 +103,7 @@ def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
 
     ref, ref_meta = results(single)
     got, got_meta = results(multi)
+
     def layout(meta):
         return [(m["node_rank"], m["local_rank"], m["local_world_size"]) for m in meta]
 

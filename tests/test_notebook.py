@@ -23,8 +23,14 @@ def kernel_manager(directory) -> KernelManager:
     spec_dir = os.path.join(directory, KERNEL)
     os.makedirs(spec_dir)
     with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                   "display_name": "cram_hf tests", "language": "python"}, f)
+        json.dump(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "cram_hf tests",
+                "language": "python",
+            },
+            f,
+        )
     return KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[directory]))
 
 
@@ -37,8 +43,12 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    client = NotebookClient(nb, km=kernel_manager(str(tmp_path / "kernels")), timeout=600,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb,
+        km=kernel_manager(str(tmp_path / "kernels")),
+        timeout=600,
+        resources={"metadata": {"path": str(workdir)}},
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]

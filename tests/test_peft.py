@@ -7,8 +7,12 @@ import torch
 peft = pytest.importorskip("peft")
 
 from conftest import tiny_bert_config  # noqa: E402
+
 from cram_hf.targets import (  # noqa: E402
-    check_trainable_targets, default_target_names, named_targets, target_names,
+    check_trainable_targets,
+    default_target_names,
+    named_targets,
+    target_names,
 )
 
 
@@ -65,5 +69,7 @@ def test_cram_trainer_refuses_a_lora_model_whose_targets_are_frozen(tmp_path):
     with pytest.raises(ValueError, match="merge_and_unload"):
         CrAMTrainer(model=lora_bert(), args=args)
     # Without compression levels (perturbation only), a LoRA model trains its adapters as usual.
-    CrAMTrainer(model=lora_bert(), args=CrAMConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True,
-                                                   cram_sparsities=[]))
+    CrAMTrainer(
+        model=lora_bert(),
+        args=CrAMConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, cram_sparsities=[]),
+    )

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_bert_config
 from transformers import BertForMaskedLM
 
 from cram_hf.pruning import prune, satisfies_nm, sparsity_report
 from cram_hf.targets import default_target_names
-
-from conftest import tiny_bert_config
 
 
 def _model(seed=0, **overrides):

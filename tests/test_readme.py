@@ -7,9 +7,8 @@ is a handful of tokenized sentences."""
 import os
 import re
 
-from transformers import BertForMaskedLM
-
 from conftest import WORDS, make_tiny_tokenizer, tiny_bert_config
+from transformers import BertForMaskedLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def quickstart_block() -> str:
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
-    section = text[text.index("## Quickstart"):]
+    section = text[text.index("## Quickstart") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -27,9 +26,13 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
         assert needed in code, f"the README quickstart no longer contains {needed}; update this test"
     model_dir = tmp_path / "tiny-bert"
     tokenizer = make_tiny_tokenizer(model_dir)
-    BertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer), max_position_embeddings=64)).save_pretrained(model_dir)
-    code = code.replace('"bert-base-uncased"', repr(str(model_dir))).replace("max_steps=10_000", "max_steps=2")
-    sentences = [" ".join(WORDS[i:i + 12]) for i in range(0, 48, 4)]
+    BertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer), max_position_embeddings=64)).save_pretrained(
+        model_dir
+    )
+    code = code.replace('"bert-base-uncased"', repr(str(model_dir))).replace(
+        "max_steps=10_000", "max_steps=2"
+    )
+    sentences = [" ".join(WORDS[i : i + 12]) for i in range(0, 48, 4)]
     train_dataset = [tokenizer(s, truncation=True, max_length=16) for s in sentences]
     monkeypatch.chdir(tmp_path)
     namespace = {"train_dataset": train_dataset}

@@ -147,13 +147,17 @@ def test_config_parses_through_its_recipe(name, repo_mirror):
     # The header documents how to run it and on what.
     assert header_field(lines, "hardware"), f"{name}: no '# hardware: ...' header line"
     text = "\n".join(lines)
-    assert os.path.basename(script) in text and name in text, f"{name}: the header must give the command that runs it"
+    assert os.path.basename(script) in text and name in text, (
+        f"{name}: the header must give the command that runs it"
+    )
 
     # Levels survive YAML: N:M patterns stay "N:M" (an unquoted 2:4 is the integer 124 and is refused).
     assert all(re.fullmatch(r"0\.\d+|\d+:\d+", v) for v in training.cram_sparsities), training.cram_sparsities
     if training.cram_rho > 0:
         assert training.cram_sparsities, f"{name}: cram_rho > 0 without compression levels"
-    assert training.output_dir.startswith("out/"), f"{name}: output_dir {training.output_dir!r} should be under out/"
+    assert training.output_dir.startswith("out/"), (
+        f"{name}: output_dir {training.output_dir!r} should be under out/"
+    )
     assert training.report_to in ([], ["none"], "none", None) or "none" in training.report_to
 
     if name.startswith("bert_base_"):
@@ -167,7 +171,12 @@ def test_paper_settings(repo_mirror):
     _, _, multi = parse_config("bert_base_mlm_cram_plus_multi.yaml", repo_mirror)
     t = multi["training"]
     assert multi["model"].model_name_or_path == "bert-base-uncased"
-    assert t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8"] and t.cram_rho == 0.05 and t.cram_plus and t.cram_scope == "global"
+    assert (
+        t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8"]
+        and t.cram_rho == 0.05
+        and t.cram_plus
+        and t.cram_scope == "global"
+    )
     assert multi["data"].dataset_name and multi["data"].max_seq_length in (128, 512)
     assert t.do_train and t.do_eval and t.learning_rate == 1e-4
     assert levels(multi["data"].eval_sparsities) == ["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]
@@ -180,11 +189,16 @@ def test_paper_settings(repo_mirror):
     _, _, squad_cram = parse_config("bert_base_squad_cram.yaml", repo_mirror)
     t = squad_cram["training"]
     assert squad_cram["model"].model_name_or_path == "bert-base-uncased"
-    assert squad_cram["data"].dataset_name.endswith("squad") and not squad_cram["data"].version_2_with_negative
+    assert (
+        squad_cram["data"].dataset_name.endswith("squad") and not squad_cram["data"].version_2_with_negative
+    )
     assert t.cram_rho == 0.05 and t.cram_sparsities == ["0.5", "0.6", "0.7", "0.8"] and t.cram_plus
     assert squad_cram["sparse"].eval_sparsities == ["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]
 
-    for name, dataset in (("bert_base_squad_sparse.yaml", "dataset_name"), ("bert_base_glue_sparse.yaml", "task_name")):
+    for name, dataset in (
+        ("bert_base_squad_sparse.yaml", "dataset_name"),
+        ("bert_base_glue_sparse.yaml", "task_name"),
+    ):
         _, _, sparse = parse_config(name, repo_mirror)
         t = sparse["training"]
         assert sparse["sparse"].keep_sparsity is True, name  # the mask is held, not guessed
@@ -225,7 +239,10 @@ def test_pruned_models_come_from_a_config_run():
         model = data.get("model_name_or_path") or ""
         if not model.startswith("out/"):
             continue
-        prunes = [re.search(r"cram-hf prune (\S+) .*--output_dir (\S+)", line) for line in header(os.path.join(CONFIG_DIR, name))]
+        prunes = [
+            re.search(r"cram-hf prune (\S+) .*--output_dir (\S+)", line)
+            for line in header(os.path.join(CONFIG_DIR, name))
+        ]
         sources = [m.group(1) for m in prunes if m and m.group(2) == model]
         assert sources, f"{name}: no 'cram-hf prune SRC ... --output_dir {model}' line in the header"
         assert any(src in produced for src in sources), f"{name}: {sources} is not the output_dir of a config"
@@ -236,9 +253,13 @@ def test_a_broken_config_fails(script, tmp_path, monkeypatch):
     """What the parametrized test relies on: an unknown key or an unquoted N:M level is an error."""
     monkeypatch.chdir(ROOT)
     base = {"model_name_or_path": "bert-base-uncased", "output_dir": "out/x"}
-    base.update({"recipes/run_mlm_cram.py": {"train_file": "recipes/data/austen_pride_train.txt"},
-                 "recipes/run_glue.py": {"task_name": "sst2"},
-                 "recipes/run_qa.py": {"dataset_name": "squad"}}[script])
+    base.update(
+        {
+            "recipes/run_mlm_cram.py": {"train_file": "recipes/data/austen_pride_train.txt"},
+            "recipes/run_glue.py": {"task_name": "sst2"},
+            "recipes/run_qa.py": {"dataset_name": "squad"},
+        }[script]
+    )
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(base) + 'cram_sparsities: ["2:4"]\n')
     assert PARSERS[script](str(good))["training"].cram_sparsities == ["2:4"]

@@ -6,15 +6,16 @@ import os
 
 import pytest
 import torch
-from transformers import BertForMaskedLM
-
 from conftest import WORDS, make_tiny_tokenizer
+from transformers import BertForMaskedLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("run_mlm_cram", os.path.join(ROOT, "recipes", "run_mlm_cram.py"))
+    spec = importlib.util.spec_from_file_location(
+        "run_mlm_cram", os.path.join(ROOT, "recipes", "run_mlm_cram.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,10 +34,28 @@ def setup(tmp_path, tiny_config):
 
 
 def base_args(tmp):
-    return ["--model_name_or_path", str(tmp / "model"), "--train_file", str(tmp / "train.txt"),
-            "--validation_file", str(tmp / "eval.txt"), "--max_seq_length", "16", "--do_train", "--do_eval",
-            "--output_dir", str(tmp / "out"), "--max_steps", "3", "--per_device_train_batch_size", "4",
-            "--report_to", "none", "--save_strategy", "no"]
+    return [
+        "--model_name_or_path",
+        str(tmp / "model"),
+        "--train_file",
+        str(tmp / "train.txt"),
+        "--validation_file",
+        str(tmp / "eval.txt"),
+        "--max_seq_length",
+        "16",
+        "--do_train",
+        "--do_eval",
+        "--output_dir",
+        str(tmp / "out"),
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+    ]
 
 
 def test_trains_and_writes_the_one_shot_table(setup, capsys):
@@ -85,20 +104,24 @@ def test_yaml_config_with_flag_overrides(setup):
     lines.append("eval_sparsities: []")
     cfg.write_text("\n".join(lines))
     recipe = load_recipe()
-    model_args, data_args, args = recipe.parse_args(recipe.build_parser(),
-                                                    [str(cfg), "--max_steps", "7", "--cram_rho", "0.1"])
+    model_args, data_args, args = recipe.parse_args(
+        recipe.build_parser(), [str(cfg), "--max_steps", "7", "--cram_rho", "0.1"]
+    )
     assert args.max_steps == 7 and args.cram_rho == 0.1 and args.cram_sparsities == ["0.6", "2:4"]
     assert data_args.eval_sparsities == [] and data_args.max_seq_length == 16
 
 
-@pytest.mark.parametrize("change,msg", [
-    ({"--train_file": "missing.txt"}, "train_file"),
-    ({"--train_file": "data.parquet"}, "train_file"),
-    ({"--mlm_probability": "1.5"}, "mlm_probability"),
-    ({"--cram_sparsities": "1.2"}, "cram_sparsities"),
-    ({"--eval_sparsities": "3:2"}, "eval_sparsities"),
-    ({"--model_name_or_path": "./no/such/dir"}, "model_name_or_path"),
-])
+@pytest.mark.parametrize(
+    "change,msg",
+    [
+        ({"--train_file": "missing.txt"}, "train_file"),
+        ({"--train_file": "data.parquet"}, "train_file"),
+        ({"--mlm_probability": "1.5"}, "mlm_probability"),
+        ({"--cram_sparsities": "1.2"}, "cram_sparsities"),
+        ({"--eval_sparsities": "3:2"}, "eval_sparsities"),
+        ({"--model_name_or_path": "./no/such/dir"}, "model_name_or_path"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(setup, change, msg):
     args = base_args(setup)
     for flag, value in change.items():
@@ -113,7 +136,9 @@ def test_bad_arguments_fail_before_any_work(setup, change, msg):
 
 def test_unquoted_nm_pattern_in_yaml_gets_a_hint(setup):
     cfg = setup / "bad.yaml"
-    cfg.write_text(f"model_name_or_path: {setup / 'model'}\ntrain_file: {setup / 'train.txt'}\n"
-                   f"output_dir: {setup / 'out'}\ncram_sparsities: [0.5, 2:4]\n")
+    cfg.write_text(
+        f"model_name_or_path: {setup / 'model'}\ntrain_file: {setup / 'train.txt'}\n"
+        f"output_dir: {setup / 'out'}\ncram_sparsities: [0.5, 2:4]\n"
+    )
     with pytest.raises(ValueError, match="quote N:M"):
         load_recipe().main([str(cfg)])

@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipes_{name}", os.path.join(ROOT, "recipes", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"recipes_{name}", os.path.join(ROOT, "recipes", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -52,8 +54,23 @@ def sparse_model(tmp_path_factory):
 
 
 def common_args(out, cache):
-    return ["--output_dir", str(out), "--cache_dir", str(cache), "--report_to", "none", "--save_strategy", "no",
-            "--use_cpu", "--log_level", "warning", "--disable_tqdm", "true", "--seed", "0"]
+    return [
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(cache),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "--log_level",
+        "warning",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+    ]
 
 
 def sentence(rng, n):
@@ -78,32 +95,70 @@ def assert_same_zeros(model, zeros):
 
 # --- GLUE-style classification -----------------------------------------------------------------------------
 
+
 def test_glue_sparse_finetune_with_cram_and_one_shot_table(sparse_model, tmp_path):
     model_dir, zeros = sparse_model
     write_pairs_csv(tmp_path / "train.csv", 40, 0)
     write_pairs_csv(tmp_path / "dev.csv", 16, 1)
     out = tmp_path / "out"
-    trainer = run_glue.main([
-        "--model_name_or_path", model_dir, "--train_file", str(tmp_path / "train.csv"),
-        "--validation_file", str(tmp_path / "dev.csv"), "--do_train", "--do_eval", "--max_steps", "4",
-        "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--weight_decay", "0.1",
-        "--gradient_accumulation_steps", "2", "--max_seq_length", "32", "--pad_to_max_length", "false",
-        "--cram_rho", "0.05", "--cram_sparsities", "0.5", "2:4", "--eval_sparsities", "0.8", "2:4",
-        *common_args(out, tmp_path / "cache"),
-    ])
+    trainer = run_glue.main(
+        [
+            "--model_name_or_path",
+            model_dir,
+            "--train_file",
+            str(tmp_path / "train.csv"),
+            "--validation_file",
+            str(tmp_path / "dev.csv"),
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--weight_decay",
+            "0.1",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_seq_length",
+            "32",
+            "--pad_to_max_length",
+            "false",
+            "--cram_rho",
+            "0.05",
+            "--cram_sparsities",
+            "0.5",
+            "2:4",
+            "--eval_sparsities",
+            "0.8",
+            "2:4",
+            *common_args(out, tmp_path / "cache"),
+        ]
+    )
     assert trainer.cram.active  # CrAM during fine-tuning when asked
     saved = AutoModelForSequenceClassification.from_pretrained(out)
     assert_same_zeros(saved, zeros)  # the MLM names (bert.encoder...) are the classifier's names too
-    moved = [not torch.equal(p, q) for (n, p), (_, q) in zip(saved.named_parameters(),
-                                                             BertForMaskedLM.from_pretrained(model_dir).named_parameters())
-             if n in zeros]
+    moved = [
+        not torch.equal(p, q)
+        for (n, p), (_, q) in zip(
+            saved.named_parameters(), BertForMaskedLM.from_pretrained(model_dir).named_parameters()
+        )
+        if n in zeros
+    ]
     assert all(moved), "the kept weights should have trained"
 
     # Reported accuracy/F1 equal an independent computation from the saved model.
     results = json.loads((out / "eval_results.json").read_text())
     rows = list(csv.DictReader(open(tmp_path / "dev.csv")))
-    enc = trainer.processing_class([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], padding=True,
-                                   truncation=True, max_length=32, return_tensors="pt")
+    enc = trainer.processing_class(
+        [r["sentence1"] for r in rows],
+        [r["sentence2"] for r in rows],
+        padding=True,
+        truncation=True,
+        max_length=32,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         preds = saved.eval()(**enc).logits.argmax(-1).numpy()
     labels = np.array([["no", "yes"].index(r["label"]) for r in rows])  # sorted label list
@@ -136,11 +191,23 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
                 f.write(json.dumps({"id": 1, "text": text, "score": float(text.count("the"))}) + "\n")
     out = tmp_path / "out"
     config = {
-        "model_name_or_path": model_dir, "train_file": str(tmp_path / "train.jsonl"),
-        "validation_file": str(tmp_path / "dev.jsonl"), "label_column_name": "score", "do_train": True,
-        "do_eval": True, "max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1e-2,
-        "max_seq_length": 16, "keep_sparsity": False, "output_dir": str(out), "cache_dir": str(tmp_path / "c"),
-        "report_to": "none", "save_strategy": "no", "use_cpu": True, "log_level": "warning",
+        "model_name_or_path": model_dir,
+        "train_file": str(tmp_path / "train.jsonl"),
+        "validation_file": str(tmp_path / "dev.jsonl"),
+        "label_column_name": "score",
+        "do_train": True,
+        "do_eval": True,
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-2,
+        "max_seq_length": 16,
+        "keep_sparsity": False,
+        "output_dir": str(out),
+        "cache_dir": str(tmp_path / "c"),
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "log_level": "warning",
     }
     (tmp_path / "args.json").write_text(json.dumps(config))
     trainer = run_glue.main([str(tmp_path / "args.json"), "--max_steps", "2"])  # flags override the file
@@ -154,12 +221,15 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
     assert not (out / "sparsity_config.json").exists()
 
 
-@pytest.mark.parametrize("flags, rho, levels", [
-    ([], 0.0, []),                                             # plain fine-tuning by default
-    (["--cram_rho", "0.1"], 0.1, ["0.5", "0.6", "0.7", "0.8"]),  # rho alone: CrAMConfig's default levels
-    (["--cram_sparsities", "0.5", "2:4"], 0.05, ["0.5", "2:4"]),  # levels alone: CrAMConfig's default rho
-    (["--cram_sparsities", "none"], 0.0, []),
-])
+@pytest.mark.parametrize(
+    "flags, rho, levels",
+    [
+        ([], 0.0, []),  # plain fine-tuning by default
+        (["--cram_rho", "0.1"], 0.1, ["0.5", "0.6", "0.7", "0.8"]),  # rho alone: CrAMConfig's default levels
+        (["--cram_sparsities", "0.5", "2:4"], 0.05, ["0.5", "2:4"]),  # levels alone: CrAMConfig's default rho
+        (["--cram_sparsities", "none"], 0.0, []),
+    ],
+)
 def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, levels):
     from transformers import HfArgumentParser
 
@@ -167,7 +237,11 @@ def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, lev
     from cram_hf.recipe_support import FinetuneConfig
 
     (config,) = parse_args(HfArgumentParser(FinetuneConfig), ["--output_dir", str(tmp_path), *flags])
-    assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (rho, levels, bool(levels) or rho > 0)
+    assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (
+        rho,
+        levels,
+        bool(levels) or rho > 0,
+    )
 
 
 def unloadable_model(directory):
@@ -186,18 +260,47 @@ def test_glue_bad_inputs_fail_before_the_model_loads(tmp_path):
     with open(tmp_path / "numbers.csv", "w") as f:
         f.write("idx,label\n1,0\n2,1\n")
     with pytest.raises(ValueError, match="No text column"):
-        run_glue.main(["--model_name_or_path", missing_model, "--train_file", str(tmp_path / "numbers.csv"),
-                       "--do_train", *base])
+        run_glue.main(
+            [
+                "--model_name_or_path",
+                missing_model,
+                "--train_file",
+                str(tmp_path / "numbers.csv"),
+                "--do_train",
+                *base,
+            ]
+        )
     write_pairs_csv(tmp_path / "pairs.csv", 4, 0)
     with pytest.raises(ValueError, match=r"column\(s\) \['premise'\] missing"):
-        run_glue.main(["--model_name_or_path", missing_model, "--train_file", str(tmp_path / "pairs.csv"),
-                       "--text_column_names", "premise", "--do_train", *base])
+        run_glue.main(
+            [
+                "--model_name_or_path",
+                missing_model,
+                "--train_file",
+                str(tmp_path / "pairs.csv"),
+                "--text_column_names",
+                "premise",
+                "--do_train",
+                *base,
+            ]
+        )
     with pytest.raises(ValueError, match="no column 'target'"):
-        run_glue.main(["--model_name_or_path", missing_model, "--train_file", str(tmp_path / "pairs.csv"),
-                       "--label_column_name", "target", "--do_train", *base])
+        run_glue.main(
+            [
+                "--model_name_or_path",
+                missing_model,
+                "--train_file",
+                str(tmp_path / "pairs.csv"),
+                "--label_column_name",
+                "target",
+                "--do_train",
+                *base,
+            ]
+        )
 
 
 # --- SQuAD-style question answering ------------------------------------------------------------------------
+
 
 def squad_examples(n, seed, unanswerable=0):
     """Contexts of ~30 words (several windows at max_seq_length 32); the answer is a 2-word span."""
@@ -207,22 +310,46 @@ def squad_examples(n, seed, unanswerable=0):
         words = [rng.choice(WORDS) for _ in range(30)]
         k = rng.randrange(0, 28)
         context = " ".join(words)
-        answer = " ".join(words[k:k + 2])
+        answer = " ".join(words[k : k + 2])
         start = len(" ".join(words[:k])) + (1 if k else 0)
-        assert context[start:start + len(answer)] == answer
+        assert context[start : start + len(answer)] == answer
         has = i >= unanswerable
-        examples.append({"id": f"q{seed}-{i}", "title": "t", "context": context,
-                         "question": f"what is after {words[k - 1] if k else 'nothing'} ?",
-                         "answers": {"text": [answer] if has else [], "answer_start": [start] if has else []}})
+        examples.append(
+            {
+                "id": f"q{seed}-{i}",
+                "title": "t",
+                "context": context,
+                "question": f"what is after {words[k - 1] if k else 'nothing'} ?",
+                "answers": {"text": [answer] if has else [], "answer_start": [start] if has else []},
+            }
+        )
     return examples
 
 
 def write_nested_squad(path, examples):
     """The original SQuAD layout, one paragraph per example."""
-    data = [{"title": "t", "paragraphs": [{"context": e["context"], "qas": [{
-        "id": e["id"], "question": e["question"], "is_impossible": not e["answers"]["text"],
-        "answers": [{"text": t, "answer_start": s} for t, s in zip(e["answers"]["text"], e["answers"]["answer_start"])],
-    }]}]} for e in examples]
+    data = [
+        {
+            "title": "t",
+            "paragraphs": [
+                {
+                    "context": e["context"],
+                    "qas": [
+                        {
+                            "id": e["id"],
+                            "question": e["question"],
+                            "is_impossible": not e["answers"]["text"],
+                            "answers": [
+                                {"text": t, "answer_start": s}
+                                for t, s in zip(e["answers"]["text"], e["answers"]["answer_start"])
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+        for e in examples
+    ]
     path.write_text(json.dumps({"version": "1.1", "data": data}))
 
 
@@ -232,7 +359,11 @@ def test_squad_file_formats_agree(tmp_path):
     (tmp_path / "flat.json").write_text(json.dumps({"data": examples}))
     (tmp_path / "flat.jsonl").write_text("\n".join(json.dumps(e) for e in examples))
     nested = read_squad_records(str(tmp_path / "nested.json"))
-    assert nested == read_squad_records(str(tmp_path / "flat.json")) == read_squad_records(str(tmp_path / "flat.jsonl"))
+    assert (
+        nested
+        == read_squad_records(str(tmp_path / "flat.json"))
+        == read_squad_records(str(tmp_path / "flat.jsonl"))
+    )
     assert nested[0]["answers"] == {"text": [], "answer_start": []}
 
 
@@ -242,13 +373,39 @@ def test_qa_v1_end_to_end_keeps_sparsity(sparse_model, tmp_path):
     dev = squad_examples(8, 1)
     (tmp_path / "dev.json").write_text(json.dumps({"data": dev}))
     out = tmp_path / "out"
-    trainer = run_qa.main([
-        "--model_name_or_path", model_dir, "--train_file", str(tmp_path / "train.json"),
-        "--validation_file", str(tmp_path / "dev.json"), "--do_train", "--do_eval", "--max_steps", "3",
-        "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--weight_decay", "0.1",
-        "--max_seq_length", "32", "--doc_stride", "12", "--pad_to_max_length", "false", "--n_best_size", "5",
-        "--max_answer_length", "4", "--eval_sparsities", "0.9", *common_args(out, tmp_path / "cache"),
-    ])
+    trainer = run_qa.main(
+        [
+            "--model_name_or_path",
+            model_dir,
+            "--train_file",
+            str(tmp_path / "train.json"),
+            "--validation_file",
+            str(tmp_path / "dev.json"),
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--weight_decay",
+            "0.1",
+            "--max_seq_length",
+            "32",
+            "--doc_stride",
+            "12",
+            "--pad_to_max_length",
+            "false",
+            "--n_best_size",
+            "5",
+            "--max_answer_length",
+            "4",
+            "--eval_sparsities",
+            "0.9",
+            *common_args(out, tmp_path / "cache"),
+        ]
+    )
     assert len(trainer.eval_dataset) > len(dev)  # long contexts were split into several windows
     assert_same_zeros(AutoModelForQuestionAnswering.from_pretrained(out), zeros)
     results = json.loads((out / "eval_results.json").read_text())
@@ -271,14 +428,34 @@ def test_qa_v2_reports_has_and_no_answer_split(sparse_model, tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(e) for e in train))
     write_nested_squad(tmp_path / "dev.json", dev)
     out = tmp_path / "out"
-    run_qa.main([
-        "--model_name_or_path", model_dir, "--train_file", str(tmp_path / "train.jsonl"),
-        "--validation_file", str(tmp_path / "dev.json"), "--do_train", "--do_eval", "--max_steps", "2",
-        "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--doc_stride", "12",
-        "--version_2_with_negative", "--null_score_diff_threshold", "0.0", *common_args(out, tmp_path / "cache"),
-    ])
+    run_qa.main(
+        [
+            "--model_name_or_path",
+            model_dir,
+            "--train_file",
+            str(tmp_path / "train.jsonl"),
+            "--validation_file",
+            str(tmp_path / "dev.json"),
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_seq_length",
+            "32",
+            "--doc_stride",
+            "12",
+            "--version_2_with_negative",
+            "--null_score_diff_threshold",
+            "0.0",
+            *common_args(out, tmp_path / "cache"),
+        ]
+    )
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["eval_HasAns_total"] == 4 and results["eval_NoAns_total"] == 2 and results["eval_total"] == 6
+    assert (
+        results["eval_HasAns_total"] == 4 and results["eval_NoAns_total"] == 2 and results["eval_total"] == 6
+    )
     odds = json.loads((out / "eval_null_odds.json").read_text())
     predictions = json.loads((out / "eval_predictions.json").read_text())
     for qid, diff in odds.items():  # "" exactly when the null score wins by more than the threshold
@@ -291,12 +468,29 @@ def test_qa_slow_tokenizer_is_a_clear_error(tmp_path):
     ByT5Tokenizer().save_pretrained(tmp_path / "slow")
     (tmp_path / "dev.json").write_text(json.dumps({"data": squad_examples(2, 0)}))
     with pytest.raises(ValueError, match="fast tokenizer"):
-        run_qa.main(["--model_name_or_path", unloadable_model(tmp_path / "unloadable"), "--tokenizer_name",
-                     str(tmp_path / "slow"), "--validation_file", str(tmp_path / "dev.json"), "--do_eval",
-                     *common_args(tmp_path / "out", tmp_path / "cache")])
+        run_qa.main(
+            [
+                "--model_name_or_path",
+                unloadable_model(tmp_path / "unloadable"),
+                "--tokenizer_name",
+                str(tmp_path / "slow"),
+                "--validation_file",
+                str(tmp_path / "dev.json"),
+                "--do_eval",
+                *common_args(tmp_path / "out", tmp_path / "cache"),
+            ]
+        )
     with pytest.raises(ValueError, match="do_train needs train data"):
-        run_qa.main(["--model_name_or_path", "x", "--validation_file", str(tmp_path / "dev.json"), "--do_train",
-                     *common_args(tmp_path / "out", tmp_path / "cache")])
+        run_qa.main(
+            [
+                "--model_name_or_path",
+                "x",
+                "--validation_file",
+                str(tmp_path / "dev.json"),
+                "--do_train",
+                *common_args(tmp_path / "out", tmp_path / "cache"),
+            ]
+        )
 
 
 def test_train_features_point_at_the_answer(tmp_path):
@@ -312,9 +506,12 @@ def test_train_features_point_at_the_answer(tmp_path):
             assert e == 0  # [CLS]: answer not in this window or no answer
             continue
         found += 1
-        text = tok.decode(ids[s:e + 1])
-        assert any(M.normalize_answer(text) == M.normalize_answer(ex["answers"]["text"][0])
-                   for ex in examples if ex["answers"]["text"])
+        text = tok.decode(ids[s : e + 1])
+        assert any(
+            M.normalize_answer(text) == M.normalize_answer(ex["answers"]["text"][0])
+            for ex in examples
+            if ex["answers"]["text"]
+        )
     assert found >= 5  # every answerable question is found in at least one window
 
 
@@ -324,18 +521,24 @@ def test_postprocess_picks_best_valid_span_across_windows_and_null_threshold():
     context = "the cat sat on the mat"
     examples = [{"id": "a", "context": context}]
     # Two windows; offsets None outside the context (position 0 is [CLS]).
-    features = Dataset.from_list([
-        {"example_id": "a", "offset_mapping": [None, [0, 3], [4, 7], [8, 11], None]},
-        {"example_id": "a", "offset_mapping": [None, [12, 14], [15, 18], [19, 22], None]},
-    ])
+    features = Dataset.from_list(
+        [
+            {"example_id": "a", "offset_mapping": [None, [0, 3], [4, 7], [8, 11], None]},
+            {"example_id": "a", "offset_mapping": [None, [12, 14], [15, 18], [19, 22], None]},
+        ]
+    )
     start = np.array([[0.0, 1.0, 0.0, 0.0, 9.0], [0.5, 0.0, 0.0, 4.0, 0.0]])
     end = np.array([[0.0, 0.0, 2.0, 0.0, 9.0], [0.5, 0.0, 0.0, 3.0, 0.0]])
-    preds, nbest, _ = postprocess_qa_predictions(examples, features, start, end, n_best_size=3, max_answer_length=3)
+    preds, nbest, _ = postprocess_qa_predictions(
+        examples, features, start, end, n_best_size=3, max_answer_length=3
+    )
     # Position 4 (high logits) lies outside the context and is ignored; best = window 2 "mat" (4 + 3).
     assert preds == {"a": "mat"}
     assert nbest["a"][0]["text"] == "mat" and sum(p["probability"] for p in nbest["a"]) == pytest.approx(1.0)
     # Span "the cat sat" would score 1 + 2 = 3 in window 1 but spans > max_answer_length are cut.
-    preds, _, _ = postprocess_qa_predictions(examples, features, start, end, n_best_size=3, max_answer_length=1)
+    preds, _, _ = postprocess_qa_predictions(
+        examples, features, start, end, n_best_size=3, max_answer_length=1
+    )
     assert preds == {"a": "mat"}
     # One window whose single best start (position 3, "sat") comes after its single best end (position 1,
     # "the"): with n_best_size 1 no pair is valid, so the best valid span of all is used, not "no answer".
@@ -348,8 +551,11 @@ def test_postprocess_picks_best_valid_span_across_windows_and_null_threshold():
     assert preds == {"a": "mat"} and diffs["a"] == pytest.approx(-7.0)
     start2, end2 = start.copy(), end.copy()
     start2[:, 0] = end2[:, 0] = 10.0  # null score 20 beats 7 by 13
-    preds, _, diffs = postprocess_qa_predictions(examples, features, start2, end2, version_2_with_negative=True)
+    preds, _, diffs = postprocess_qa_predictions(
+        examples, features, start2, end2, version_2_with_negative=True
+    )
     assert preds == {"a": ""} and diffs["a"] == pytest.approx(13.0)
-    preds, _, _ = postprocess_qa_predictions(examples, features, start2, end2, version_2_with_negative=True,
-                                             null_score_diff_threshold=20.0)
+    preds, _, _ = postprocess_qa_predictions(
+        examples, features, start2, end2, version_2_with_negative=True, null_score_diff_threshold=20.0
+    )
     assert preds == {"a": "mat"}

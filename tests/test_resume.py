@@ -2,12 +2,12 @@
 
 import datasets
 import torch
+from conftest import WORDS
 from transformers import BertForMaskedLM, TrainerCallback
 
 from cram_hf import CrAMConfig
-from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.mlm import CrAMTrainerForMaskedLM
-from conftest import WORDS
+from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 
 
 class Interrupt(TrainerCallback):
@@ -21,15 +21,30 @@ class Interrupt(TrainerCallback):
 def run(tmp_path, tokenizer, config, name, resume=None, interrupt=False):
     torch.manual_seed(123)
     model = BertForMaskedLM(config)
-    raw = datasets.Dataset.from_dict({"text": [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(30))
-                                               for i in range(40)]})
+    raw = datasets.Dataset.from_dict(
+        {"text": [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(30)) for i in range(40)]}
+    )
     data = tokenize_for_mlm(raw, tokenizer, max_seq_length=16)
-    args = CrAMConfig(output_dir=str(tmp_path / name), max_steps=6, per_device_train_batch_size=4,
-                      gradient_accumulation_steps=2, learning_rate=1e-3, save_steps=3, save_strategy="steps",
-                      report_to=[], seed=11, cram_sparsities=["0.5", "0.7", "2:4"], logging_steps=1)
-    trainer = CrAMTrainerForMaskedLM(model=model, args=args, train_dataset=data,
-                                     data_collator=ReproducibleMLMCollator(tokenizer, seed=11),
-                                     callbacks=[Interrupt()] if interrupt else None)
+    args = CrAMConfig(
+        output_dir=str(tmp_path / name),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        save_steps=3,
+        save_strategy="steps",
+        report_to=[],
+        seed=11,
+        cram_sparsities=["0.5", "0.7", "2:4"],
+        logging_steps=1,
+    )
+    trainer = CrAMTrainerForMaskedLM(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=ReproducibleMLMCollator(tokenizer, seed=11),
+        callbacks=[Interrupt()] if interrupt else None,
+    )
     trainer.train(resume_from_checkpoint=resume)
     return model, trainer
 
@@ -41,14 +56,19 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_tokenizer, tiny_
     full, full_trainer = run(tmp_path, tiny_tokenizer, tiny_config, "full")
     # "Interrupted" run: stops after step 3, leaving checkpoint-3, then a new process resumes it.
     cut, _ = run(tmp_path, tiny_tokenizer, tiny_config, "cut", interrupt=True)
-    assert not torch.equal(cut.bert.encoder.layer[0].output.dense.weight, full.bert.encoder.layer[0].output.dense.weight)
-    resumed, resumed_trainer = run(tmp_path, tiny_tokenizer, tiny_config, "cut",
-                                   resume=str(tmp_path / "cut" / "checkpoint-3"))
+    assert not torch.equal(
+        cut.bert.encoder.layer[0].output.dense.weight, full.bert.encoder.layer[0].output.dense.weight
+    )
+    resumed, resumed_trainer = run(
+        tmp_path, tiny_tokenizer, tiny_config, "cut", resume=str(tmp_path / "cut" / "checkpoint-3")
+    )
     for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     levels = [h["cram_sparsity"] for h in full_trainer.state.log_history if "cram_sparsity" in h]
     resumed_levels = [h["cram_sparsity"] for h in resumed_trainer.state.log_history if "cram_sparsity" in h]
     assert levels[3:] == resumed_levels[-3:]
     # A control: a different seed gives different weights, so the equality above is not vacuous.
-    assert not torch.allclose(full.bert.encoder.layer[0].output.dense.weight,
-                              BertForMaskedLM(tiny_config).bert.encoder.layer[0].output.dense.weight)
+    assert not torch.allclose(
+        full.bert.encoder.layer[0].output.dense.weight,
+        BertForMaskedLM(tiny_config).bert.encoder.layer[0].output.dense.weight,
+    )

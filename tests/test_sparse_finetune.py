@@ -14,8 +14,7 @@ from cram_hf.sparse_finetune import (
     keep_sparsity_callback,
     masks_from_zeros,
 )
-from cram_hf.targets import resolve_parameter_names
-from cram_hf.targets import target_names
+from cram_hf.targets import resolve_parameter_names, target_names
 
 
 def make_model(seed=0):
@@ -36,15 +35,28 @@ def dataset(n=24, seq=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 64, (n, seq), generator=g)
     labels = torch.randint(0, 3, (n,), generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(seq, dtype=torch.long), "labels": labels[i]}
-            for i in range(n)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(seq, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
 
 
 def train(model, tmp_path, callbacks, **cram):
     args = CrAMConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        max_steps=6, learning_rate=5e-2, weight_decay=0.1, max_grad_norm=1.0, optim="adamw_torch",
-        logging_steps=100, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=3,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=6,
+        learning_rate=5e-2,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        logging_steps=100,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=3,
         **({"cram_rho": 0.0, "cram_sparsities": []} | cram),
     )
     trainer = CrAMTrainer(model=model, args=args, train_dataset=dataset(), callbacks=callbacks)
@@ -65,7 +77,9 @@ def pruned_state_entries(trainer, model, zeros):
     return worst
 
 
-@pytest.mark.parametrize("cram", [{}, {"cram_rho": 0.05, "cram_sparsities": ["0.5", "2:4"]}], ids=["adamw", "cram"])
+@pytest.mark.parametrize(
+    "cram", [{}, {"cram_rho": 0.05, "cram_sparsities": ["0.5", "2:4"]}], ids=["adamw", "cram"]
+)
 def test_exact_sparsity_after_sparse_finetuning(tmp_path, cram):
     model = make_model()
     zeros = prune_(model)
@@ -105,11 +119,24 @@ def test_pruned_gradients_are_zero_when_the_optimizer_steps_even_without_backwar
     them leak into the kept weights' updates)."""
     model = make_model()
     zeros = prune_(model)
-    args = CrAMConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3,
-                      learning_rate=1e-2, max_grad_norm=0.0, save_strategy="no", report_to=[], use_cpu=True,
-                      cram_rho=0.0, cram_sparsities=[])
-    trainer = GradientsAtStep(model=model, args=args, train_dataset=dataset(),
-                              callbacks=[KeepSparsityCallback.from_model(model, mask_gradients=False)])
+    args = CrAMConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        max_grad_norm=0.0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        cram_rho=0.0,
+        cram_sparsities=[],
+    )
+    trainer = GradientsAtStep(
+        model=model,
+        args=args,
+        train_dataset=dataset(),
+        callbacks=[KeepSparsityCallback.from_model(model, mask_gradients=False)],
+    )
     trainer.seen, trainer.zeros = [], zeros
     trainer.train()
     assert len(trainer.seen) == 3 and max(trainer.seen) == 0.0
@@ -181,20 +208,25 @@ def test_from_checkpoint_resolves_names_of_another_model_class(tmp_path):
     model = make_model()
     prune_(model, 0.6)
     # Pruned as a bare BertModel: names lack the "bert." prefix of the classification model.
-    base_names = [n for n, _ in BertModel(tiny_bert_config()).named_parameters() if ".layer.0." in n and
-                  n.endswith("query.weight")]
+    base_names = [
+        n
+        for n, _ in BertModel(tiny_bert_config()).named_parameters()
+        if ".layer.0." in n and n.endswith("query.weight")
+    ]
     (tmp_path / "sparsity_config.json").write_text(json.dumps({"method": "magnitude", "targets": base_names}))
     callback = KeepSparsityCallback.from_checkpoint(model, tmp_path)
     assert list(callback.masks) == ["bert.encoder.layer.0.attention.self.query.weight"]
-    assert torch.equal(callback.masks[list(callback.masks)[0]], masks_from_zeros(model, names=list(callback.masks))[
-        list(callback.masks)[0]])
+    assert torch.equal(
+        callback.masks[list(callback.masks)[0]],
+        masks_from_zeros(model, names=list(callback.masks))[list(callback.masks)[0]],
+    )
     # The auto helper prefers the checkpoint's list over the default targets.
     assert list(keep_sparsity_callback(model, tmp_path).masks) == list(callback.masks)
     with pytest.raises(ValueError, match="matches no parameter"):
         resolve_parameter_names(model, ["encoder.layer.9.attention.self.query.weight"])
 
 
-DDP_WORKER = r'''
+DDP_WORKER = r"""
 import json, os, sys
 import torch
 import torch.distributed as dist
@@ -227,7 +259,7 @@ if dist.get_rank() == 0:
 # active exception") while the other is still working.
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -243,8 +275,19 @@ def test_ddp_two_ranks_keep_the_same_exact_mask(tmp_path):
         port = s.getsockname()[1]
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TESTS_DIR=os.path.dirname(__file__))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(tmp_path / "worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(tmp_path / "worker.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
