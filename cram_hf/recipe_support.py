@@ -280,7 +280,7 @@ def evaluate_sparsities(
         lambda _: quality_metrics(evaluate()),
         scope=scope,
         targets=targets,
-        on_row=lambda row: logger.info("one-shot %s: %s", row["level"], row),
+        on_row=lambda row: logger.info("one-shot %s: %s", row["level"], {k: row.get(k) for k in dense}),
     )
     result = {"scope": scope, "targets": targets, "dense": dense, "levels": rows}
     metrics = [k for k in dense if not k.endswith("_loss")] or list(dense)

@@ -110,7 +110,9 @@ class CrAMTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._cram_unbound:
-            self.cram = self._build_cram()
+            previous, self.cram = self.cram, self._build_cram()
+            # The timing diagnostic (cram.timing / cram.seconds) belongs to the trainer, not to one binding.
+            self.cram.timing, self.cram.seconds = previous.timing, previous.seconds
             self._cram_unbound = False
         if not self.cram.active:
             return super().training_step(model, inputs, num_items_in_batch)

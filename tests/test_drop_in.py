@@ -487,3 +487,18 @@ def test_perturbation_norm_combines_norms_living_on_different_devices():
     if torch.cuda.is_available():
         mixed = [tensors[0].cuda(), tensors[1]]
         torch.testing.assert_close(_global_norm(mixed).cpu(), expected)
+
+
+@pytest.mark.parametrize("level", ["0.7", "2:4"])
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, tiny_config, level):
+    """Recomputed activations use the weights of their own pass (θ in the clean backward, θ̂ in the
+    compressed one): the step with gradient checkpointing is the step without it."""
+    updates = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = BertForMaskedLM(tiny_config)
+        args = sgd_args(tmp_path, cram_rho=0.2, cram_sparsities=[level])
+        args.gradient_checkpointing = checkpointing
+        InOrder(model=model, args=args, train_dataset=make_data(4)).train()
+        updates.append(flat(model))
+    torch.testing.assert_close(updates[1], updates[0], rtol=1e-5, atol=1e-7)
