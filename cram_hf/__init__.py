@@ -18,6 +18,7 @@ _EXPORTS = {
     "keep_sparsity_callback": "sparse_finetune",
     "SparsityReport": "pruning",
     "prune": "pruning",
+    "calibration_batches": "calibration",
     "sparsity_report": "pruning",
     "save_sparse": "checkpoint",
     "load_sparse": "checkpoint",

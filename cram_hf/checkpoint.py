@@ -152,6 +152,8 @@ def sparsity_config(
         "pattern": report.pattern,
         "sparsity": level_sparsity(parse_level(level)) if level is not None else None,
         "scope": report.scope,
+        # Calibrated methods: damping, block size and how much calibration data was used.
+        "method_params": report.method_params or None,
         # A flat list of parameter names: KeepSparsityCallback.from_checkpoint reads it as such.
         "targets": list(report.targets),
         "target_rule": "default" if report.target_patterns is None else "regex",
@@ -259,6 +261,7 @@ def save_sparse(
             scope=report.scope,
             target_patterns=report.target_patterns,
             num_pruned=report.num_pruned,
+            method_params=dict(report.method_params),
         )
     config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
     with replacing(out_dir, directory=True) as tmp:

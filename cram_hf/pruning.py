@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
+from .compression import num_pruned as num_pruned_of
 from .targets import Patterns, target_names, validate_patterns
 
 
@@ -28,7 +29,7 @@ class SparsityReport:
     equal to zero; model figures count every parameter once (tied weights once).
     """
 
-    method: str  # "magnitude", "n:m" or "measured" (read off a model, how it was pruned unknown)
+    method: str  # "magnitude", "n:m", "wanda", "sparsegpt" or "measured" (read off a model, how unknown)
     level: Optional[str]  # "0.7", "2:4"; None when measured
     scope: Optional[str]  # "global" / "layer" for magnitude; None for N:M and measured
     target_patterns: Optional[list[str]]  # the regexes given; None = default rule
@@ -40,6 +41,7 @@ class SparsityReport:
     model_numel: int
     num_pruned: int = 0  # entries the mask removed (round(s*n) for magnitude); 0 when measured
     seconds: dict = field(default_factory=dict)  # time spent per phase of prune()
+    method_params: dict = field(default_factory=dict)  # calibrated methods: damping, block size, calibration
 
     @property
     def target_sparsity(self) -> float:
@@ -51,7 +53,7 @@ class SparsityReport:
 
     @property
     def pattern(self) -> Optional[str]:
-        return self.level if self.method == "n:m" else None
+        return self.level if self.level is not None and ":" in self.level else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,7 +66,7 @@ class SparsityReport:
             "magnitude": f"magnitude {self.level} ({self.scope})",
             "n:m": f"{self.level} pattern",
             "measured": "measured",
-        }[self.method]
+        }.get(self.method, f"{self.method} {self.level}" + (f" ({self.scope})" if self.scope else ""))
         return (
             f"{how}: {len(self.targets)} target matrices, {self.target_zeros:,}/{self.target_numel:,} zero "
             f"({100 * self.target_sparsity:.2f} %); whole model {100 * self.model_sparsity:.2f} % zero"
@@ -155,21 +157,55 @@ def check_levels_fit(
 
 
 @torch.no_grad()
-def prune(model: nn.Module, sparsity, *, scope: str = "global", targets: Patterns = None) -> SparsityReport:
+def prune(
+    model: nn.Module,
+    sparsity,
+    *,
+    scope: str = "global",
+    targets: Patterns = None,
+    method: str = "magnitude",
+    calibration=None,
+    damping: float = 0.01,
+    block_size: int = 128,
+    progress: bool = False,
+) -> SparsityReport:
     """Prune ``model`` in place, one shot, and return a :class:`SparsityReport`.
 
-    ``sparsity``: a float in ``[0, 1)`` (magnitude: zero exactly ``round(s*n)`` smallest ``|w|``, ranked over
-    all targets together with ``scope="global"`` or per matrix with ``"layer"``) or ``"N:M"`` (keep the
-    ``N`` largest of every ``M`` consecutive inputs of each ``weight[out, in]``). ``targets``: ``None`` for
-    the default rule (Linear weights of the transformer layers) or regexes on parameter names.
+    ``sparsity``: a float in ``[0, 1)`` (zero exactly ``round(s*n)`` target weights) or ``"N:M"`` (keep
+    ``N`` of every ``M`` consecutive inputs of each ``weight[out, in]``). ``targets``: ``None`` for the default
+    rule (Linear weights of the transformer layers) or regexes on parameter names.
 
-    Every argument is validated before any weight changes; kept weights and non-targets are untouched.
+    ``method``:
+
+    - ``"magnitude"`` (no calibration): the smallest ``|w|``, ranked over all targets together
+      (``scope="global"``) or per matrix (``"layer"``); N:M keeps the largest ``|w|`` of each group.
+    - ``"wanda"`` / ``"sparsegpt"`` (:mod:`cram_hf.calibrated`): ``calibration`` is an iterable of model input
+      batches (see :func:`cram_hf.calibration.calibration_batches`); the model is pruned layer by layer.
+      ``scope="layer"``: every matrix gets the sparsity ``s`` (uniform); ``"global"``: each matrix gets the
+      count global magnitude ranking would prune in it, then the calibrated method picks which weights.
+      ``damping`` (fraction of the mean Hessian diagonal) and ``block_size`` are SparseGPT's.
+
+    Every argument is validated before any weight changes; kept weights and non-targets are untouched by
+    magnitude pruning (SparseGPT updates the kept weights of the targets, by design).
     """
+    from .calibrated import CALIBRATED, METHODS
+
     t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {METHODS}, got {method!r}.")
+    if method in CALIBRATED and calibration is None:
+        raise ValueError(f"calibration: method {method!r} needs calibration batches (magnitude does not).")
+    if not (isinstance(damping, (int, float)) and damping >= 0):
+        raise ValueError(f"damping: must be a number >= 0, got {damping!r}.")
+    if not (isinstance(block_size, int) and block_size >= 1):
+        raise ValueError(f"block_size: must be a positive integer, got {block_size!r}.")
     level, names = validate_pruning(model, sparsity, scope, targets)
     patterns = validate_patterns(targets, "targets") or None
     params = dict(model.named_parameters())
     tensors = [params[n] for n in names]
+    if method in CALIBRATED:
+        return _prune_calibrated(model, names, tensors, level, scope, patterns, method, calibration,
+                                 damping, block_size, progress, t0)
     t1 = time.perf_counter()
     masks = compression_masks(tensors, level, scope)
     t2 = time.perf_counter()
@@ -196,6 +232,39 @@ def prune(model: nn.Module, sparsity, *, scope: str = "global", targets: Pattern
         "apply": t3 - t2,
         "total": time.perf_counter() - t0,
     }
+    return report
+
+
+def _prune_calibrated(model, names, tensors, level, scope, patterns, method, calibration, damping, block_size,
+                      progress, t0) -> SparsityReport:
+    from .calibrated import prune_calibrated
+
+    is_nm = isinstance(level, tuple)
+    counts = {}
+    if not is_nm:
+        if scope == "layer":
+            counts = {n: num_pruned_of(t.numel(), level) for n, t in zip(names, tensors)}
+        else:  # the allocation global magnitude ranking makes, matrix by matrix
+            masks = compression_masks(tensors, level, "global")
+            counts = {n: int((~m).sum()) for n, m in zip(names, masks)}
+            del masks
+    t1 = time.perf_counter()
+    batches = list(calibration)
+    prune_calibrated(model, names, counts, level, method, batches, damping=damping, block_size=block_size,
+                     progress=progress)
+    report = sparsity_report_for(
+        model,
+        names,
+        method=method,
+        level=level_name(level),
+        scope=None if is_nm else scope,
+        target_patterns=patterns,
+        num_pruned=sum(counts.values()) if not is_nm else sum(t.numel() * (level[1] - level[0]) // level[1]
+                                                             for t in tensors),
+    )
+    report.method_params = {"damping": damping, "block_size": block_size} if method == "sparsegpt" else {}
+    report.method_params["calibration_batches"] = len(batches)
+    report.seconds = {"allocate": t1 - t0, "total": time.perf_counter() - t0}
     return report
 
 
