@@ -57,6 +57,25 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
         help="Regexes on parameter names selecting the matrices to prune (default: the Linear weights of "
         "the transformer layers).",
     )
+    p.add_argument(
+        "--method",
+        choices=("magnitude", "wanda", "sparsegpt"),
+        default="magnitude",
+        help="magnitude (default, no data needed), or a calibrated pruner: wanda (|w| times input norm) or "
+        "sparsegpt (OBS reconstruction), which need --calibration_file.",
+    )
+    p.add_argument(
+        "--calibration_file",
+        default=None,
+        help="Calibration text for wanda/sparsegpt: a .txt file with one sample per line, or a csv/json/jsonl "
+        "file with a text column.",
+    )
+    p.add_argument("--num_calibration_samples", type=int, default=128, help="Samples drawn from the file.")
+    p.add_argument("--max_seq_length", type=int, default=128, help="Calibration samples are cut to this.")
+    p.add_argument(
+        "--damping", type=float, default=0.01, help="sparsegpt: Hessian damping (x mean diagonal)."
+    )
+    p.add_argument("--block_size", type=int, default=128, help="sparsegpt: columns per lazy-update block.")
     p.add_argument("--output_dir", required=True, help="Where to write the sparse checkpoint.")
     p.add_argument("--overwrite_output_dir", action="store_true", help="Replace a non-empty --output_dir.")
     p.add_argument(
@@ -202,6 +221,24 @@ def cmd_prune(args) -> int:
     # Everything checkable without the model, before loading it.
     level = _validated(parse_level, args.sparsity, "--sparsity")
     _validated(validate_patterns, args.targets, "--targets")
+    for name, value in (
+        ("--num_calibration_samples", args.num_calibration_samples),
+        ("--max_seq_length", args.max_seq_length),
+        ("--block_size", args.block_size),
+    ):
+        if value < 1:
+            raise CLIError(f"{name}: must be a positive integer, got {value}.")
+    if args.damping < 0:
+        raise CLIError(f"--damping: must be >= 0, got {args.damping}.")
+    if args.method != "magnitude":
+        if args.calibration_file is None:
+            raise CLIError(
+                f"--calibration_file: --method {args.method} needs calibration text (magnitude does not)."
+            )
+        if not os.path.isfile(args.calibration_file):
+            raise CLIError(f"--calibration_file: no such file {args.calibration_file!r}.")
+    elif args.calibration_file is not None:
+        raise CLIError("--calibration_file: only wanda and sparsegpt use calibration data; add --method.")
     _validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
     _validated(check_model_source, args.model_name_or_path)
     if args.push_to_hub:
@@ -222,7 +259,33 @@ def cmd_prune(args) -> int:
         raise CLIError(f"model: could not load {args.model_name_or_path!r}: {message}") from err
     tokenizer = _load_tokenizer(args.model_name_or_path)
     _validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
-    report = prune(model, level, scope=args.scope, targets=args.targets)
+    calibration = None
+    if args.method != "magnitude":
+        from .calibration import calibration_batches
+
+        calibration = _validated(
+            calibration_batches,
+            args.calibration_file,
+            tokenizer,
+            num_samples=args.num_calibration_samples,
+            max_seq_length=args.max_seq_length,
+        )
+    report = _validated(
+        prune,
+        model,
+        level,
+        scope=args.scope,
+        targets=args.targets,
+        method=args.method,
+        calibration=calibration,
+        damping=args.damping,
+        block_size=args.block_size,
+        progress=True,
+    )
+    if calibration is not None:
+        report.method_params["calibration_file"] = os.path.abspath(args.calibration_file)
+        report.method_params["num_calibration_samples"] = sum(len(b["input_ids"]) for b in calibration)
+        report.method_params["max_seq_length"] = args.max_seq_length
     print(report.summary())
     save_sparse(
         model,

@@ -83,6 +83,20 @@ def _how_pruned(config: dict) -> str:
             f"**one-shot magnitude pruning to {100 * float(level):g} %**: the smallest-magnitude target "
             f"weights, {where}, set to exactly zero (no re-training)."
         )
+    if method in ("wanda", "sparsegpt"):
+        what = (
+            "SparseGPT (optimal-brain-surgeon reconstruction of each matrix from the Hessian of its inputs, "
+            "layer by layer; the kept weights are updated)"
+            if method == "sparsegpt"
+            else "Wanda (weights scored by |w| times the norm of their input feature, pruned per output row)"
+        )
+        params = config.get("method_params") or {}
+        data = params.get("calibration_file")
+        samples = params.get("num_calibration_samples")
+        calibration = f" on {samples} calibration samples" if samples else ""
+        calibration += f" from `{os.path.basename(data)}`" if data else ""
+        target = f"the {level} pattern" if config.get("pattern") else f"{100 * float(level):g} %"
+        return f"**one-shot {method} pruning to {target}** with {what}{calibration}; no re-training."
     return "sparsity measured on the saved weights (how they were pruned is not recorded)."
 
 

@@ -146,6 +146,13 @@ def test_prune_compact_nm_with_custom_targets(models, tmp_path):
         (["--sparsity", "0.5", "--targets", "no_such_weight"], "matches no parameter"),
         (["--sparsity", "0.5", "--targets", "("], "not a valid regular expression"),
         (["--sparsity", "0.5", "--push_to_hub", "not a repo"], "ORG/NAME"),
+        (["--sparsity", "0.5", "--method", "sparsegpt"], "--calibration_file: --method sparsegpt needs"),
+        (["--sparsity", "0.5", "--method", "wanda", "--calibration_file", "nope.txt"], "no such file"),
+        (["--sparsity", "0.5", "--calibration_file", "x.txt"], "only wanda and sparsegpt"),
+        (
+            ["--sparsity", "0.5", "--method", "sparsegpt", "--calibration_file", "x.txt", "--damping", "-1"],
+            "--damping",
+        ),
     ],
 )
 def test_prune_refusals_write_nothing(models, tmp_path, capsys, extra, match):
@@ -353,3 +360,38 @@ def test_classification_sweep_of_an_encoder_without_head_uses_the_data_classes(m
     assert record["models"][0]["missing_weights"] == ["classifier.bias", "classifier.weight"]
     assert "untrained head" in record["warnings"][0]
     assert [r["samples"] for r in record["results"]] == [4, 4]
+
+
+@pytest.mark.parametrize("method,level", [("sparsegpt", "0.6"), ("wanda", "2:4")])
+def test_prune_with_a_calibrated_method_end_to_end(models, tmp_path, capsys, method, level):
+    out = tmp_path / method
+    args = [
+        "prune",
+        str(models["mlm_a"]),
+        "--sparsity",
+        level,
+        "--method",
+        method,
+        "--calibration_file",
+        str(models["text"]),
+        "--num_calibration_samples",
+        "16",
+        "--max_seq_length",
+        "16",
+        "--output_dir",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert f"{method} {level}" in capsys.readouterr().out
+    config = json.loads((out / SPARSITY_CONFIG).read_text())
+    assert config["method"] == method and config["level"] == level
+    assert config["method_params"]["num_calibration_samples"] == 16
+    assert config["method_params"]["calibration_file"] == str(models["text"])
+    pruned = AutoModelForMaskedLM.from_pretrained(out)
+    params = dict(pruned.named_parameters())
+    if ":" not in level:
+        # The default scope is global: per-matrix counts from the magnitude ranking, exact in total.
+        total = sum(params[n].numel() for n in config["targets"])
+        assert sum(int((params[n] == 0).sum()) for n in config["targets"]) == round(0.6 * total)
+    else:
+        assert config["pattern"] == "2:4"
