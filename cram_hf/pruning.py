@@ -204,8 +204,20 @@ def prune(
     params = dict(model.named_parameters())
     tensors = [params[n] for n in names]
     if method in CALIBRATED:
-        return _prune_calibrated(model, names, tensors, level, scope, patterns, method, calibration,
-                                 damping, block_size, progress, t0)
+        return _prune_calibrated(
+            model,
+            names,
+            tensors,
+            level,
+            scope,
+            patterns,
+            method,
+            calibration,
+            damping,
+            block_size,
+            progress,
+            t0,
+        )
     t1 = time.perf_counter()
     masks = compression_masks(tensors, level, scope)
     t2 = time.perf_counter()
@@ -235,8 +247,9 @@ def prune(
     return report
 
 
-def _prune_calibrated(model, names, tensors, level, scope, patterns, method, calibration, damping, block_size,
-                      progress, t0) -> SparsityReport:
+def _prune_calibrated(
+    model, names, tensors, level, scope, patterns, method, calibration, damping, block_size, progress, t0
+) -> SparsityReport:
     from .calibrated import prune_calibrated
 
     is_nm = isinstance(level, tuple)
@@ -250,8 +263,17 @@ def _prune_calibrated(model, names, tensors, level, scope, patterns, method, cal
             del masks
     t1 = time.perf_counter()
     batches = list(calibration)
-    prune_calibrated(model, names, counts, level, method, batches, damping=damping, block_size=block_size,
-                     progress=progress)
+    prune_calibrated(
+        model,
+        names,
+        counts,
+        level,
+        method,
+        batches,
+        damping=damping,
+        block_size=block_size,
+        progress=progress,
+    )
     report = sparsity_report_for(
         model,
         names,
@@ -259,8 +281,9 @@ def _prune_calibrated(model, names, tensors, level, scope, patterns, method, cal
         level=level_name(level),
         scope=None if is_nm else scope,
         target_patterns=patterns,
-        num_pruned=sum(counts.values()) if not is_nm else sum(t.numel() * (level[1] - level[0]) // level[1]
-                                                             for t in tensors),
+        num_pruned=sum(counts.values())
+        if not is_nm
+        else sum(t.numel() * (level[1] - level[0]) // level[1] for t in tensors),
     )
     report.method_params = {"damping": damping, "block_size": block_size} if method == "sparsegpt" else {}
     report.method_params["calibration_batches"] = len(batches)
