@@ -55,8 +55,15 @@ def launch(cmds, logs):
     except subprocess.TimeoutExpired:
         pass
     finally:
+        # SIGTERM first: torchrun's agent forwards it to its workers (which run in sessions of their own,
+        # out of reach of killpg) and waits for them; a SIGKILLed agent would leave them orphaned.
         for p in procs:
             if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     return [p.returncode for p in procs]
