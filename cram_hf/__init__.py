@@ -16,6 +16,7 @@ _EXPORTS = {
     "ReproducibleMLMCollator": "mlm_data",
     "KeepSparsityCallback": "sparse_finetune",
     "keep_sparsity_callback": "sparse_finetune",
+    "GradualPruningCallback": "gradual",
     "SparsityReport": "pruning",
     "prune": "pruning",
     "calibration_batches": "calibration",

@@ -147,6 +147,20 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mlm_probability", type=float, default=0.15, help="mlm: fraction of tokens masked (default: 0.15)."
     )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["magnitude"],
+        choices=("magnitude", "wanda", "sparsegpt"),
+        help="Pruners to compare, one curve per model and method (default: magnitude). wanda and sparsegpt "
+        "need --calibration_file.",
+    )
+    p.add_argument(
+        "--calibration_file",
+        default=None,
+        help="Calibration text for wanda/sparsegpt: .txt (one sample per line) or csv/json with a text column.",
+    )
+    p.add_argument("--num_calibration_samples", type=int, default=128, help="Calibration samples drawn.")
     p.add_argument("--text_column", default=None, help="Column with the text (default: text / sentence).")
     p.add_argument(
         "--text_pair_column", default=None, help="classification: second text column of a pair task."
@@ -363,7 +377,12 @@ def cmd_sweep(args) -> int:
         label_column=args.label_column,
         mlm_probability=args.mlm_probability,
         seed=args.seed,
+        methods=args.methods,
+        calibration_file=args.calibration_file,
+        num_calibration_samples=args.num_calibration_samples,
     )
+    if args.calibration_file is not None and not os.path.isfile(args.calibration_file):
+        raise CLIError(f"--calibration_file: no such file {args.calibration_file!r}.")
     record = _validated(
         run_sweep, args.models, options, output_dir=args.output_dir, progress=not args.disable_tqdm
     )

@@ -300,17 +300,18 @@ def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
 
 
 @contextlib.contextmanager
-def pruned(model: nn.Module, level, scope: str = "global", targets: Patterns = None):
+def pruned(model: nn.Module, level, scope: str = "global", targets: Patterns = None, **method):
     """Prune ``model`` in place for the duration of the block, then put every weight back bit-exactly.
 
-    Cheaper than a deep copy (only the target matrices are saved) and a Trainer keeps evaluating the very
-    module it wraps. Yields the :class:`SparsityReport`.
+    Cheaper than a deep copy (only the target matrices are saved — the only weights any method changes) and
+    a Trainer keeps evaluating the very module it wraps. ``method``: :func:`prune`'s ``method``,
+    ``calibration``, ``damping``, ``block_size``. Yields the :class:`SparsityReport`.
     """
     _, names = validate_pruning(model, level, scope, targets)
     params = dict(model.named_parameters())
     saved = {n: params[n].detach().clone() for n in names}
     try:
-        yield prune(model, level, scope=scope, targets=targets)
+        yield prune(model, level, scope=scope, targets=targets, **method)
     finally:
         with torch.no_grad():
             for n, value in saved.items():
@@ -326,6 +327,7 @@ def one_shot(
     targets: Patterns = None,
     label: Optional[str] = None,
     on_row: Optional[Callable[[dict], None]] = None,
+    **method,
 ) -> list[dict]:
     """The one-shot loop: for each level, prune ``model`` in place, call ``evaluate(model)`` (a dict of
     metrics), and put every weight back bit-exactly. Returns one record per level::
@@ -333,8 +335,9 @@ def one_shot(
         {"model": label, "level": "0.7", "pattern": None, "sparsity": 0.7, "achieved_sparsity": ...,
          "model_sparsity": ..., <metric>: ..., "prune_seconds": ..., "eval_seconds": ...}
 
-    (``pattern`` is ``"2:4"`` for N:M levels). Every level is checked against the model before the first is
-    evaluated. ``on_row`` sees each record as soon as it exists (progress, a streamed table).
+    (``pattern`` is ``"2:4"`` for N:M levels; ``method`` is added when ``method=`` is given). ``method``:
+    :func:`prune`'s ``method``, ``calibration``, ``damping``, ``block_size``. Every level is checked against the
+    model before the first is evaluated. ``on_row`` sees each record as soon as it exists.
     """
     parsed = [parse_level(level, "levels") for level in levels]
     for level in dict.fromkeys(parsed):
@@ -342,7 +345,7 @@ def one_shot(
     rows = []
     for level in parsed:
         t0 = time.perf_counter()
-        with pruned(model, level, scope, targets) as report:
+        with pruned(model, level, scope, targets, **method) as report:
             t1 = time.perf_counter()
             metrics = evaluate(model)
             t2 = time.perf_counter()
@@ -350,6 +353,7 @@ def one_shot(
         rows.append(
             {
                 "model": label,
+                **({"method": method["method"]} if "method" in method else {}),
                 "level": name,
                 "pattern": name if isinstance(level, tuple) else None,
                 "sparsity": level_sparsity(level),

@@ -349,13 +349,17 @@ def run_sweep(
         "targets": o.targets,
         "max_eval_samples": o.max_eval_samples,
         "max_seq_length": o.max_seq_length,
+        "methods": list(o.methods),
+        "calibration_file": os.path.abspath(o.calibration_file) if o.calibration_file else None,
         "models": [],
         "results": [],
         "warnings": [],
     }
     label_names = _string_labels(o.validation_file, o.label_column) if o.task == "classification" else None
     header = one_shot_table_header(metrics, with_model=True)
-    bar = tqdm(total=len(models) * len(levels), desc="sweep", disable=not progress, unit="level")
+    bar = tqdm(
+        total=len(models) * len(levels) * len(o.methods), desc="sweep", disable=not progress, unit="level"
+    )
     write = bar.write if progress else print_fn
     write(header)
     import datasets
@@ -407,10 +411,32 @@ def run_sweep(
                 write(one_shot_table_row(row, metrics, with_model=True))
                 bar.update(1)
 
-            # In place, restored bit-exactly after each level: no copy of the model per level.
-            record["results"] += one_shot(
-                model, levels, evaluate, scope=o.scope, targets=o.targets, label=label, on_row=show
-            )
+            calibration = None
+            if any(m != "magnitude" for m in o.methods):
+                from .calibration import calibration_batches
+
+                calibration = calibration_batches(
+                    o.calibration_file,
+                    tokenizer,
+                    num_samples=o.num_calibration_samples,
+                    max_seq_length=o.max_seq_length,
+                    seed=o.seed,
+                )
+            for method in o.methods:
+                name = label if o.methods == ["magnitude"] else f"{label} · {method}"
+                extra = {"calibration": calibration} if method != "magnitude" else {}
+                # In place, restored bit-exactly after each level: no copy of the model per level.
+                record["results"] += one_shot(
+                    model,
+                    levels,
+                    evaluate,
+                    scope=o.scope,
+                    targets=o.targets,
+                    label=name,
+                    on_row=show,
+                    method=method,
+                    **extra,
+                )
             del model
     finally:
         bar.close()

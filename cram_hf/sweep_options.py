@@ -12,6 +12,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": F
 DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
 TEXT_EXTENSIONS = (".txt", ".text", ".raw")
 TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class SweepOptions:
         max_eval_samples, max_seq_length, batch_size: evaluation size.
         line_by_line, text_column, text_pair_column, label_column: how the data is read.
         mlm_probability, seed: the fixed MLM masks every model and level is scored on.
+        methods: pruners to compare, one curve per model and method ("magnitude", "wanda", "sparsegpt").
+        calibration_file, num_calibration_samples: the calibration text for wanda / sparsegpt (the
+            sequences are cut to ``max_seq_length``).
     """
 
     levels: Sequence
@@ -48,8 +52,22 @@ class SweepOptions:
     label_column: str = "label"
     mlm_probability: float = 0.15
     seed: int = 0
+    methods: Sequence[str] = ("magnitude",)
+    calibration_file: Optional[str] = None
+    num_calibration_samples: int = 128
 
     def __post_init__(self):
         from .compression import parse_levels
 
         self.levels = parse_levels(self.levels, "--sparsities", required=True)
+        self.methods = list(dict.fromkeys(self.methods or ["magnitude"]))
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"--methods: {bad[0]!r} is not one of {METHODS}.")
+        calibrated = [m for m in self.methods if m != "magnitude"]
+        if calibrated and self.calibration_file is None:
+            raise ValueError(f"--calibration_file: --methods {' '.join(calibrated)} needs calibration text.")
+        if not isinstance(self.num_calibration_samples, int) or self.num_calibration_samples < 1:
+            raise ValueError(
+                f"--num_calibration_samples: must be a positive integer, got {self.num_calibration_samples!r}."
+            )

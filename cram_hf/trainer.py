@@ -12,7 +12,6 @@ from transformers import Trainer
 from .compression import level_sparsity
 from .config import CrAMConfig
 from .cram_step import CrAM
-from .sparse_finetune import KeepSparsityCallback
 from .targets import default_target_names
 
 logger = logging.getLogger(__name__)
@@ -103,9 +102,10 @@ class CrAMTrainer(Trainer):
         try:
             return super().train(*args, **kwargs)
         finally:
-            # An interrupted train() never reaches on_train_end: take the mask hooks off the model here too.
+            # An interrupted train() never reaches on_train_end: take the mask hooks off the model here too
+            # (KeepSparsityCallback, GradualPruningCallback: every callback that binds hooks can unbind them).
             for callback in self.callback_handler.callbacks:
-                if isinstance(callback, KeepSparsityCallback):
+                if callable(getattr(callback, "unbind", None)):
                     callback.unbind()
 
     def training_step(self, model, inputs, num_items_in_batch=None):

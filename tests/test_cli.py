@@ -395,3 +395,50 @@ def test_prune_with_a_calibrated_method_end_to_end(models, tmp_path, capsys, met
         assert sum(int((params[n] == 0).sum()) for n in config["targets"]) == round(0.6 * total)
     else:
         assert config["pattern"] == "2:4"
+
+
+def test_sweep_compares_pruners_one_curve_per_model_and_method(models, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        str(models["mlm_a"]),
+        "--validation_file",
+        str(models["text"]),
+        "--task",
+        "mlm",
+        "--sparsities",
+        "0.5",
+        "2:4",
+        "--methods",
+        "magnitude",
+        "sparsegpt",
+        "--calibration_file",
+        str(models["text"]),
+        "--num_calibration_samples",
+        "16",
+        "--max_seq_length",
+        "16",
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "--model_names",
+        "A",
+    ]
+    assert main(args) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    rows = record["results"]
+    assert [(r["model"], r["method"], r["level"]) for r in rows] == [
+        ("A · magnitude", "magnitude", "0.5"),
+        ("A · magnitude", "magnitude", "2:4"),
+        ("A · sparsegpt", "sparsegpt", "0.5"),
+        ("A · sparsegpt", "sparsegpt", "2:4"),
+    ]
+    assert rows[0]["loss"] != rows[2]["loss"]  # a different pruner, a different pruned model
+    assert (out / "sweep.png").is_file() and record["methods"] == ["magnitude", "sparsegpt"]
+    i = args.index("--calibration_file")
+    no_calibration = args[:i] + args[i + 2 :]
+    no_calibration[no_calibration.index("--output_dir") + 1] = str(tmp_path / "x")
+    capsys.readouterr()
+    assert main(no_calibration) == 2
+    assert "--calibration_file: --methods sparsegpt needs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
