@@ -27,7 +27,7 @@ from .arguments import UsageError, validated
 from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
 from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
-from .files import write_json
+from .files import check_not_empty, write_json
 from .pruning import format_one_shot_table, one_shot
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
 from .targets import Patterns
@@ -58,7 +58,58 @@ CRAM_SETTINGS = (
 
 
 @dataclass
-class SparseTransferArguments:
+class EvalPruningArguments:
+    """How the recipes' one-shot table (``--eval_sparsities``) prunes: magnitude, or a calibrated pruner."""
+
+    eval_pruning_method: str = field(
+        default="magnitude",
+        metadata={
+            "help": "Pruner of the one-shot table: magnitude (no data), wanda or sparsegpt (need "
+            "--eval_calibration_file).",
+            "choices": ["magnitude", "wanda", "sparsegpt"],
+        },
+    )
+    eval_calibration_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Calibration text for wanda/sparsegpt: .txt (one sample per line) or csv/json."},
+    )
+    eval_num_calibration_samples: int = field(
+        default=128, metadata={"help": "Calibration samples drawn from --eval_calibration_file."}
+    )
+
+    def __post_init__(self):
+        if self.eval_pruning_method not in ("magnitude", "wanda", "sparsegpt"):
+            raise ValueError(
+                f"eval_pruning_method: must be magnitude, wanda or sparsegpt, got {self.eval_pruning_method!r}."
+            )
+        if self.eval_pruning_method != "magnitude":
+            if self.eval_calibration_file is None:
+                raise ValueError(
+                    f"eval_calibration_file: --eval_pruning_method {self.eval_pruning_method} needs calibration text."
+                )
+            if not os.path.isfile(self.eval_calibration_file):
+                raise ValueError(f"eval_calibration_file: no such file {self.eval_calibration_file!r}.")
+            check_not_empty(self.eval_calibration_file, "eval_calibration_file")
+        if self.eval_num_calibration_samples < 1:
+            raise ValueError("eval_num_calibration_samples: must be a positive integer.")
+
+    def pruning_method(self, tokenizer, max_seq_length: int) -> dict:
+        """``method`` (and ``calibration`` batches, for a calibrated pruner) for :func:`evaluate_sparsities`."""
+        if self.eval_pruning_method == "magnitude":
+            return {"method": "magnitude"}
+        from .calibration import calibration_batches
+
+        batches = calibration_batches(
+            self.eval_calibration_file,
+            tokenizer,
+            num_samples=self.eval_num_calibration_samples,
+            max_seq_length=max_seq_length,
+        )
+        return {"method": self.eval_pruning_method, "calibration": batches}
+
+
+@dataclass
+class SparseTransferArguments(EvalPruningArguments):
     """Sparse-transfer flags shared by the fine-tuning recipes."""
 
     keep_sparsity: Optional[bool] = field(
@@ -85,6 +136,7 @@ class SparseTransferArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         self.eval_sparsities = [level_name(v) for v in parse_levels(self.eval_sparsities, "eval_sparsities")]
         if self.eval_sparsity_scope not in SCOPES:
             raise ValueError(
@@ -269,6 +321,7 @@ def evaluate_sparsities(
     output_dir: Optional[str] = None,
     dense_metrics: Optional[dict] = None,
     write: bool = True,
+    **method,
 ) -> dict:
     """One-shot results after fine-tuning (:func:`cram_hf.pruning.one_shot`: prune in place, ``evaluate()``,
     restore): prints the table and writes ``eval_sparsities.json`` in ``output_dir``. ``dense_metrics`` saves
@@ -281,8 +334,15 @@ def evaluate_sparsities(
         scope=scope,
         targets=targets,
         on_row=lambda row: logger.info("one-shot %s: %s", row["level"], {k: row.get(k) for k in dense}),
+        **method,
     )
-    result = {"scope": scope, "targets": targets, "dense": dense, "levels": rows}
+    result = {
+        "scope": scope,
+        "targets": targets,
+        "method": method.get("method", "magnitude"),
+        "dense": dense,
+        "levels": rows,
+    }
     metrics = [k for k in dense if not k.endswith("_loss")] or list(dense)
     print(format_one_shot_table(rows, metrics, dense=dense))
     if write and output_dir:

@@ -40,7 +40,13 @@ from cram_hf.compression import parse_levels
 from cram_hf.files import check_not_empty
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
-from cram_hf.recipe_support import RecipeConfig, check_model_fits, evaluate_sparsities, last_checkpoint
+from cram_hf.recipe_support import (
+    EvalPruningArguments,
+    RecipeConfig,
+    check_model_fits,
+    evaluate_sparsities,
+    last_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())
@@ -95,7 +101,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(EvalPruningArguments):
     dataset_name: Optional[str] = field(
         default=None, metadata={"help": "Dataset on the Hub (datasets library)."}
     )
@@ -141,6 +147,7 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.streaming:
             raise ValueError(
                 "streaming: not supported by this recipe (the one-shot evaluation needs a sized set)."
@@ -350,6 +357,7 @@ def main(argv=None):
                 targets=training_args.cram_targets,
                 output_dir=training_args.output_dir,
                 dense_metrics=dense,
+                **data_args.pruning_method(tokenizer, max_seq_length),
             )
 
     if training_args.push_to_hub:

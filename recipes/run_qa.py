@@ -344,6 +344,7 @@ def main(argv=None):
                 output_dir=training_args.output_dir,
                 dense_metrics=metrics,
                 write=trainer.is_world_process_zero(),
+                **sparse_args.pruning_method(tokenizer, max_seq_length),
             )
 
     if training_args.do_predict:
