@@ -146,12 +146,28 @@ def test_unquoted_nm_pattern_in_yaml_gets_a_hint(setup):
 
 def test_the_one_shot_table_with_a_calibrated_pruner(setup):
     recipe = load_recipe()
-    recipe.main(base_args(setup) + ["--cram_sparsities", "0.5", "--eval_sparsities", "0.5", "2:4",
-                                    "--eval_pruning_method", "sparsegpt", "--eval_calibration_file",
-                                    str(setup / "train.txt"), "--eval_num_calibration_samples", "8"])
+    recipe.main(
+        base_args(setup)
+        + [
+            "--cram_sparsities",
+            "0.5",
+            "--eval_sparsities",
+            "0.5",
+            "2:4",
+            "--eval_pruning_method",
+            "sparsegpt",
+            "--eval_calibration_file",
+            str(setup / "train.txt"),
+            "--eval_num_calibration_samples",
+            "8",
+        ]
+    )
     result = json.loads((setup / "out" / "eval_sparsities.json").read_text())
     assert result["method"] == "sparsegpt"
-    assert [(r["method"], r["level"]) for r in result["levels"]] == [("sparsegpt", "0.5"), ("sparsegpt", "2:4")]
+    assert [(r["method"], r["level"]) for r in result["levels"]] == [
+        ("sparsegpt", "0.5"),
+        ("sparsegpt", "2:4"),
+    ]
 
 
 def test_a_calibrated_table_without_calibration_text_is_refused_while_parsing(setup):
