@@ -179,36 +179,28 @@ def test_each_layer_is_calibrated_on_the_outputs_of_the_pruned_layers_before_it(
     # Independently: the query of layer 1 reads layer 1's input, which in the final model comes from the
     # pruned layer 0 (pruning layer 1 does not change its own input). Padding rows excluded by hand.
     query = pruned_model.bert.encoder.layer[1].attention.self.query
-    expected = torch.zeros(16, 16)
-
-    def hook(module, args, output):
-        nonlocal expected
-        x = args[0][mask.bool()]
-        expected += x.t() @ x
-
-    handle = query.register_forward_hook(hook)
-    with torch.no_grad():
-        for batch in batches:
-            mask = batch["attention_mask"]
-            pruned_model(**batch)
-    handle.remove()
+    expected = layer1_query_hessian(pruned_model, batches)
     torch.testing.assert_close(seen[id(query.weight)], expected, rtol=1e-4, atol=1e-4)
     # ... and not from the dense layer 0 (the propagation is what this test guards).
-    dense_query = model.bert.encoder.layer[1].attention.self.query
-    dense = torch.zeros(16, 16)
+    assert not torch.allclose(layer1_query_hessian(model, batches), expected, rtol=1e-3)
 
-    def dense_hook(module, args, output):
-        nonlocal dense
+
+def layer1_query_hessian(model, batches):
+    """Σ xᵀx over the non-padding inputs of layer 1's query projection, from plain forwards of ``model``."""
+    total, mask = torch.zeros(16, 16), None
+
+    def hook(module, args, output):
+        nonlocal total
         x = args[0][mask.bool()]
-        dense += x.t() @ x
+        total += x.t() @ x
 
-    handle = dense_query.register_forward_hook(dense_hook)
+    handle = model.bert.encoder.layer[1].attention.self.query.register_forward_hook(hook)
     with torch.no_grad():
         for batch in batches:
             mask = batch["attention_mask"]
             model(**batch)
     handle.remove()
-    assert not torch.allclose(dense, expected, rtol=1e-3)
+    return total
 
 
 def test_padding_does_not_change_the_result(setup):
