@@ -39,21 +39,25 @@ def torchrun(*args):
     return [sys.executable, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1", *map(str, args)]
 
 
-def launch(cmds, logs):
+def launch(cmds, logs, finished=lambda: False, grace=10.0):
     """Start every command at once, wait for all under one deadline; on timeout kill each launch's whole
-    session (agent and its workers), so a node left waiting for a dead peer cannot outlive the test."""
+    session (agent and its workers), so a node left waiting for a dead peer cannot outlive the test.
+    ``finished()`` true (every result written) leaves the processes ``grace`` seconds to exit: gloo's
+    teardown occasionally hangs after the work is done, and waiting for the deadline then proves nothing."""
     procs = [
         subprocess.Popen(
             cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
         for cmd, log in zip(cmds, logs)
     ]
-    deadline = time.monotonic() + TIMEOUT
+    deadline, done_at = time.monotonic() + TIMEOUT, None
     try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if done_at is None and finished():
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() > done_at + grace:
+                break
+            time.sleep(0.2)
     finally:
         # SIGTERM first: torchrun's agent forwards it to its workers (which run in sessions of their own,
         # out of reach of killpg) and waits for them; a SIGKILLed agent would leave them orphaned.
@@ -67,6 +71,16 @@ def launch(cmds, logs):
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     return [p.returncode for p in procs]
+
+
+def all_written(*directories) -> bool:
+    # The JSON is written last, just before the final barrier.
+    return all(
+        (d / f"rank{r}.{ext}").exists()
+        for d in directories
+        for r in range(2)
+        for ext in ("safetensors", "json")
+    )
 
 
 def results(directory):
@@ -101,18 +115,13 @@ def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
     logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(3)]
     try:
         # All three agents at once: the two "nodes" must be up together, and the reference run fits alongside.
-        codes = launch(cmds, logs)
+        codes = launch(cmds, logs, finished=lambda: all_written(single, multi))
     finally:
         for log in logs:
             log.close()
-    # Each rank writes its results only after training and every collective; gloo occasionally aborts the
-    # teardown after that (a non-zero exit with complete results), which says nothing about the results.
-    written = all(
-        (d / f"rank{r}.{ext}").exists()
-        for d in (single, multi)
-        for r in range(2)
-        for ext in ("json", "safetensors")
-    )
+    # Each rank writes its results only after training and every collective; gloo occasionally aborts or
+    # hangs in the teardown after that (a non-zero exit with complete results), which says nothing about them.
+    written = all_written(single, multi)
     for i, code in enumerate(codes):
         assert code == 0 or written, (
             f"launch {i} exited {code}:\n" + (tmp_path / f"log{i}.txt").read_text()[-4000:]
