@@ -29,8 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .compression import Level
+from .sweep_options import METHODS  # noqa: F401 - torch-free, so the CLI can offer them
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED = ("wanda", "sparsegpt")
 
 

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .sweep_options import METHODS
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -59,7 +61,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("magnitude", "wanda", "sparsegpt"),
+        choices=METHODS,
         default="magnitude",
         help="magnitude (default, no data needed), or a calibrated pruner: wanda (|w| times input norm) or "
         "sparsegpt (OBS reconstruction), which need --calibration_file.",
@@ -151,7 +153,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
         "--methods",
         nargs="+",
         default=["magnitude"],
-        choices=("magnitude", "wanda", "sparsegpt"),
+        choices=METHODS,
         help="Pruners to compare, one curve per model and method (default: magnitude). wanda and sparsegpt "
         "need --calibration_file.",
     )

@@ -30,6 +30,7 @@ from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .files import check_not_empty, write_json
 from .pruning import format_one_shot_table, one_shot
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
+from .sweep_options import METHODS
 from .targets import Patterns
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class EvalPruningArguments:
         metadata={
             "help": "Pruner of the one-shot table: magnitude (no data), wanda or sparsegpt (need "
             "--eval_calibration_file).",
-            "choices": ["magnitude", "wanda", "sparsegpt"],
+            "choices": list(METHODS),
         },
     )
     eval_calibration_file: Optional[str] = field(
@@ -78,7 +79,7 @@ class EvalPruningArguments:
     )
 
     def __post_init__(self):
-        if self.eval_pruning_method not in ("magnitude", "wanda", "sparsegpt"):
+        if self.eval_pruning_method not in METHODS:
             raise ValueError(
                 f"eval_pruning_method: must be magnitude, wanda or sparsegpt, got {self.eval_pruning_method!r}."
             )

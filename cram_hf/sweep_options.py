@@ -12,7 +12,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": F
 DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
 TEXT_EXTENSIONS = (".txt", ".text", ".raw")
 TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt")  # the pruners of cram_hf.prune
 
 
 @dataclass
