@@ -60,3 +60,19 @@ def make_tiny_tokenizer(directory):
 @pytest.fixture
 def tiny_tokenizer(tmp_path):
     return make_tiny_tokenizer(tmp_path / "tokenizer")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args) -> list[str]:
+    """``python -m torch.distributed.run --master_addr 127.0.0.1 ARGS...``: launches stay on the loopback."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1", *map(str, args)]

@@ -1,17 +1,9 @@
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from conftest import free_port, torchrun
 
 HERE = os.path.dirname(__file__)
 
@@ -20,19 +12,9 @@ HERE = os.path.dirname(__file__)
 def test_two_process_ddp_matches_reference_and_keeps_ranks_identical(tmp_path):
     out = tmp_path / "ddp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        os.path.join(HERE, "ddp_worker.py"),
-        str(out),
-    ]
+    cmd = torchrun(
+        "--nproc_per_node", 2, "--master_port", free_port(), os.path.join(HERE, "ddp_worker.py"), out
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     # Rank 0 writes the results after every check has run on both ranks; gloo occasionally aborts while the
     # processes tear down after that ("terminate called ..."), which says nothing about the results.

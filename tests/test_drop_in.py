@@ -3,12 +3,11 @@
 import copy
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_config
+from conftest import free_port, tiny_bert_config, torchrun
 from reference_cram import reference_direction
 from test_cram_update import LR, InOrder, make_data, sgd_args, stack
 from torch.utils.data import SequentialSampler
@@ -368,25 +367,11 @@ def test_an_interrupted_train_leaves_no_mask_hooks(tmp_path, tiny_config):
 def test_torchrun_without_use_cpu_on_a_cpu_machine_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("with a GPU, torchrun sets up a real distributed run")
-    from test_ddp import free_port
-
     script = tmp_path / "make_args.py"
     script.write_text(
         "import sys\nfrom cram_hf import CrAMConfig\nCrAMConfig(output_dir=sys.argv[1], report_to=[])\n"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        str(tmp_path / "out"),
-    ]
+    cmd = torchrun("--nproc_per_node", 2, "--master_port", free_port(), script, tmp_path / "out")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0

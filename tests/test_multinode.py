@@ -4,23 +4,16 @@
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
+from conftest import free_port, torchrun
 from safetensors.torch import load_file
 
 HERE = os.path.dirname(__file__)
 WORKER = os.path.join(HERE, "multinode_worker.py")
 TIMEOUT = 120
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env():
@@ -33,10 +26,6 @@ def env():
         TOKENIZERS_PARALLELISM="false",
         GLOO_SOCKET_IFNAME="lo",
     )
-
-
-def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1", *map(str, args)]
 
 
 def launch(cmds, logs, finished=lambda: False, grace=10.0):

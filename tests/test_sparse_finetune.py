@@ -266,28 +266,13 @@ dist.destroy_process_group()
 def test_ddp_two_ranks_keep_the_same_exact_mask(tmp_path):
     """torchrun, 2 gloo ranks, CrAM + accumulation: both replicas identical, the pattern exact."""
     import os
-    import socket
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from conftest import free_port, torchrun
+
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TESTS_DIR=os.path.dirname(__file__))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        str(tmp_path / "worker.py"),
-        str(tmp_path),
-    ]
+    cmd = torchrun("--nproc_per_node", 2, "--master_port", free_port(), tmp_path / "worker.py", tmp_path)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
