@@ -382,8 +382,15 @@ def one_shot_table_row(row: dict, metrics: Sequence[str], with_model: bool = Fal
         str(row["level"]),
         "—" if sparsity is None else f"{sparsity:.4f}",
     ]
-    cells += [f"{row[m]:.4f}" if isinstance(row.get(m), (int, float)) else "—" for m in metrics]
+    cells += [_metric_cell(m, row.get(m)) for m in metrics]
     return "| " + " | ".join(cells) + " |"
+
+
+def _metric_cell(metric: str, value) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    # "kept": a share of the dense metric, read as a percentage.
+    return f"{100 * value:.1f} %" if metric == "kept" else f"{value:.4f}"
 
 
 def format_one_shot_table(

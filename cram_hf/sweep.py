@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .compression import Level, level_name
+from .compression import Level, level_name, level_sparsity
 from .files import check_not_empty
 from .pruning import (
     check_levels_fit,
@@ -339,7 +339,9 @@ def run_sweep(
         check_writable_dir(output_dir, "--output_dir")
     labels = _unique_labels(models, o.model_names)
     check_levels_fit_models(models, levels, o.task, o.targets)
-    metrics = METRICS[o.task]
+    # Each row's share of its model's dense metric, when the levels include the dense point (0).
+    has_dense = any(not isinstance(lv, tuple) and level_sparsity(lv) == 0 for lv in levels)
+    metrics = METRICS[o.task] + (("kept",) if has_dense else ())
     record = {
         "task": o.task,
         "metric": metric,
@@ -367,6 +369,7 @@ def run_sweep(
     # datasets' own bars (loading, tokenizing) would break the table into pieces.
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    dense = {}  # model label (· method) -> its dense metric
     try:
         for path, label in zip(models, labels):
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -408,6 +411,10 @@ def run_sweep(
             bar.set_postfix_str(label)
 
             def show(row):
+                if row["sparsity"] == 0 and row["pattern"] is None:
+                    dense.setdefault(row["model"], row[metric])
+                if "kept" in metrics and row["model"] in dense:
+                    row["kept"] = kept_share(row[metric], dense[row["model"]], metric)
                 write(one_shot_table_row(row, metrics, with_model=True))
                 bar.update(1)
 
@@ -450,13 +457,27 @@ def run_sweep(
 # --------------------------------------------------------------------------------------------- outputs
 
 
+def kept_share(value: float, dense: float, metric: str) -> float:
+    """How much of the dense model's ``metric`` a pruned model keeps: ``value / dense`` where higher is better,
+    ``dense / value`` where lower is (loss, perplexity), so 1.0 is "as good as dense" either way."""
+    if HIGHER_IS_BETTER.get(metric, True):
+        return value / dense if dense else float("nan")
+    return dense / value if value else float("nan")
+
+
+def _columns(record: dict) -> tuple:
+    rows = record["results"]
+    return METRICS[record["task"]] + (("kept",) if rows and any("kept" in r for r in rows) else ())
+
+
 def format_table(record: dict) -> str:
-    """The sweep's results as the package's one-shot table (one row per model and level)."""
-    return format_one_shot_table(record["results"], METRICS[record["task"]], with_model=True)
+    """The sweep's results as the package's one-shot table (one row per model and level; ``kept``: the share
+    of the model's dense metric, when the levels include 0)."""
+    return format_one_shot_table(record["results"], _columns(record), with_model=True)
 
 
 def write_csv(record: dict, path: str) -> None:
-    metrics = METRICS[record["task"]]
+    metrics = _columns(record)
     fields = [
         "model",
         "level",
@@ -502,7 +523,7 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
                 [r[metric] for r in line],
                 "o-",
                 color=color,
-                label=f"{name} (magnitude)",
+                label=name,
             )
         for r in (r for r in rows if r["pattern"]):
             idx = patterns.index(r["pattern"])
@@ -529,8 +550,9 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
     ax.margins(y=0.15)  # room for the N:M labels
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel(metric + ("" if HIGHER_IS_BETTER.get(metric, True) else " (lower is better)"))
-    scope = record.get("scope") or "global"
-    ax.set_title(f"One-shot pruning, {record['task']} ({scope} magnitude; N:M marked apart)")
+    scope = {"global": "global", "layer": "per matrix"}[record.get("scope") or "global"]
+    methods = ", ".join(record.get("methods") or ["magnitude"])
+    ax.set_title(f"One-shot pruning, {record['task']} ({methods}, {scope}; N:M marked apart)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

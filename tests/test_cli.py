@@ -219,6 +219,8 @@ def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path
             "--model_names",
             "A",
             "B",
+            "--metric",
+            "loss",  # a tiny random model's accuracy is 0: nothing to keep a share of
         ]
     )
     assert rc == 0
@@ -241,6 +243,11 @@ def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path
         str(models["text"]), AutoTokenizer.from_pretrained(models["mlm_a"]), max_seq_length=16, batch_size=8
     )(AutoModelForMaskedLM.from_pretrained(models["mlm_a"]))
     assert rows[1]["loss"] == pytest.approx(dense["loss"], rel=1e-6)
+    # "kept": each row's share of its model's dense metric (lower is better for a loss: dense / pruned), from
+    # the dense (0) row on, each model against its own dense row.
+    assert "| kept |" in printed and "kept" not in rows[0] and rows[1]["kept"] == 1.0
+    assert rows[2]["kept"] == pytest.approx(rows[1]["loss"] / rows[2]["loss"])
+    assert rows[7]["kept"] == pytest.approx(rows[6]["loss"] / rows[7]["loss"]) != rows[2]["kept"]
     assert rows[0]["loss"] != pytest.approx(rows[1]["loss"])
     assert all(torch.equal(v, before[k]) for k, v in _state(models["mlm_a"]).items())
     with open(out / "sweep.csv") as f:
