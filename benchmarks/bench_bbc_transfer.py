@@ -186,9 +186,13 @@ def train(
     workdir,
     collator=None,
     trainer_cls=CrAMTrainer,
+    cram_options=None,
+    teacher=None,
+    distill_options=None,
 ):
-    """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` when ``cram``, else the
-    plain optimizer); returns the timing."""
+    """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` and any other ``cram_*``
+    fields in ``cram_options`` when ``cram``, else the plain optimizer; with ``teacher``, distilling from it
+    with the ``distill_*`` fields in ``distill_options``); returns the timing."""
     config = CrAMConfig(
         output_dir=os.path.join(workdir, name),
         max_steps=steps,
@@ -207,6 +211,8 @@ def train(
         dataloader_drop_last=True,
         cram_rho=args.cram_rho if cram else 0.0,
         cram_sparsities=list(args.cram_sparsities) if cram else [],
+        **((cram_options or {}) if cram else {}),
+        **((distill_options or {}) if teacher is not None else {}),
     )
     trainer = trainer_cls(
         model=model,
@@ -215,6 +221,7 @@ def train(
         data_collator=collator or DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         callbacks=[Progress(name, config.logging_steps), *callbacks],
+        teacher_model=teacher,
     )
     start = time.time()
     trainer.train()
@@ -254,13 +261,28 @@ def bbc_one_shot(model, batches, levels) -> dict:
     return by_level(evaluate(model, batches), rows)
 
 
-def sparse_finetune(model, level, train_set, batches, tokenizer, args, *, name, workdir) -> dict:
-    """Prune a copy of ``model`` at ``level``, fine-tune it with the mask kept, check the mask held."""
+def sparse_finetune(
+    model,
+    level,
+    train_set,
+    batches,
+    tokenizer,
+    args,
+    *,
+    name,
+    workdir,
+    teacher=None,
+    distill_options=None,
+    **prune_options,
+) -> dict:
+    """Prune a copy of ``model`` at ``level`` (``prune_options``: ``method``, ``scope``, ``calibration`` of
+    :func:`cram_hf.prune`; default global magnitude), fine-tune it with the mask kept (distilling from
+    ``teacher`` when given), check the mask held."""
     sparse = copy.deepcopy(model)
     with torch.no_grad():
         from cram_hf.pruning import prune
 
-        report = prune(sparse, level)
+        report = prune(sparse, level, **prune_options)
     before = evaluate(sparse, batches)
     keep = KeepSparsityCallback.from_model(sparse)
     zeros = {n: ~m for n, m in keep.masks.items()}
@@ -274,6 +296,8 @@ def sparse_finetune(model, level, train_set, batches, tokenizer, args, *, name, 
         lr=args.finetune_learning_rate,
         callbacks=[keep],
         workdir=workdir,
+        teacher=teacher,
+        distill_options=distill_options,
     )
     params = dict(sparse.named_parameters())
     held = all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items())

@@ -265,10 +265,25 @@ def bbc_model(data, model_path, seed):
     return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.classes))
 
 
-def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsities, cram, pruners):
-    """Fine-tune MiniLM on BBC (plain or CrAM+), then one-shot pruning results at every level."""
+def downstream(
+    args,
+    data,
+    model_path,
+    workdir,
+    *,
+    seed,
+    steps,
+    lr,
+    rho,
+    sparsities,
+    cram,
+    pruners,
+    cram_options=None,
+    name=None,
+):
+    """Fine-tune MiniLM on BBC (plain or CrAM+ with ``cram_options``), then one-shot results at every level."""
     model = bbc_model(data, model_path, seed)
-    name = f"bbc-{'cram' if cram else 'adamw'}-s{seed}"
+    name = name or f"bbc-{'cram' if cram else 'adamw'}-s{seed}"
     timing = train(
         model,
         data.bbc_train,
@@ -279,6 +294,7 @@ def downstream(args, data, model_path, workdir, *, seed, steps, lr, rho, sparsit
         lr=lr,
         cram=cram,
         workdir=workdir,
+        cram_options=cram_options,
     )
     if args.save_models:
         model.save_pretrained(os.path.join(args.save_models, name))
@@ -325,12 +341,13 @@ def mlm_score(model, data) -> dict:
     return {"loss": r["loss"], "accuracy": r["accuracy"]}
 
 
-def upstream(args, data, model_path, workdir, *, seed, cram):
-    """Continued MLM on Austen (plain or CrAM+); returns the model and its one-shot results."""
+def upstream(args, data, model_path, workdir, *, seed, cram, pruners=None, cram_options=None, name=None):
+    """Continued MLM on Austen (plain or CrAM+ with ``cram_options``); returns the model and its one-shot
+    results."""
     torch.manual_seed(seed)
     model = AutoModelForMaskedLM.from_pretrained(model_path)
     collator = ReproducibleMLMCollator(data.tokenizer, seed=seed)
-    name = f"mlm-{'cram' if cram else 'adamw'}-s{seed}"
+    name = name or f"mlm-{'cram' if cram else 'adamw'}-s{seed}"
     timing = train(
         model,
         data.mlm_train,
@@ -343,11 +360,12 @@ def upstream(args, data, model_path, workdir, *, seed, cram):
         workdir=workdir,
         collator=collator,
         trainer_cls=CrAMTrainerForMaskedLM,
+        cram_options=cram_options,
     )
     results = prune_all(
         model,
         args.levels,
-        args.pruners,
+        pruners or args.pruners,
         lambda m: mlm_score(m, data),
         data.mlm_calibration,
         lambda r: f"MLM loss {r['loss']:.3f}, accuracy {r['accuracy']:.4f}",

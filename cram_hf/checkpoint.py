@@ -269,16 +269,22 @@ def save_sparse(
     return config
 
 
-def save_finetuned_sparsity_config(model: nn.Module, output_dir: str, names, model_path=None) -> dict:
+def save_finetuned_sparsity_config(
+    model: nn.Module, output_dir: str, names, model_path=None, pruned: Optional[dict] = None
+) -> dict:
     """Write ``sparsity_config.json`` for a model fine-tuned with the mask of the matrices ``names`` kept, so
     the output folder is a sparse checkpoint like its input (``load_sparse`` verifies it). How it was pruned is
-    carried over from the input's config when there is one; the figures are measured on the fine-tuned
-    weights."""
-    source = read_sparsity_config(model_path, required=False) or {}
-    how = {k: source.get(k) for k in ("level", "scope")}
-    how["method"] = source.get("method") or "measured"
-    if how["method"] == "measured":
-        how["level"] = how["scope"] = None
+    carried over from the input's config when there is one, or is ``pruned`` (``method``, ``level``, ``scope``
+    and optionally ``method_params`` and ``target_patterns``) when the fine-tuning pruned it (gradual pruning);
+    the figures are measured on the fine-tuned weights."""
+    if pruned is not None:
+        how = dict(pruned)
+    else:
+        source = read_sparsity_config(model_path, required=False) or {}
+        how = {k: source.get(k) for k in ("level", "scope")}
+        how["method"] = source.get("method") or "measured"
+        if how["method"] == "measured":
+            how["level"] = how["scope"] = None
     report = sparsity_report_for(model, list(names), **how)
     config = sparsity_config(report, base_model=str(model_path) if model_path is not None else None)
     config["fine_tuned_with_mask_kept"] = True

@@ -9,12 +9,33 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
+from .checkpoint import check_model_source
 from .compression import SCOPES, level_name, parse_level, parse_levels
+from .schedule import check_schedule
 from .targets import validate_patterns
 
 DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
 # Optimizers that apply the update inside backward(): there is no gradient left for CrAM to combine.
 _FUSED_UPDATE_OPTIMS = ("lomo", "adalomo")
+
+
+def _finite_number(name: str, value, allowed: str, ok) -> float:
+    """``value`` (a number, or a string holding one) as a float when it is finite and ``ok(value)``; else a
+    ``ValueError`` saying which argument, what it got and what is allowed."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or not math.isfinite(number)
+        or not ok(number)
+    ):
+        raise ValueError(f"{name}: must be {allowed}, got {value!r}.")
+    return float(number)
 
 
 def _has_fp16_accelerator() -> bool:
@@ -45,6 +66,15 @@ class CrAMConfig(TrainingArguments):
         cram_grad_norm (`bool`, *optional*, defaults to `False`):
             SAM-style perturbation ``ρ·g/‖g‖`` (then ρ is the length of the step) instead of ``ρ·g``.
 
+        > Cost (:mod:`cram_hf.schedule`)
+
+        cram_interval (`int`, *optional*, defaults to `1`):
+            The CrAM update on every k-th optimizer step (steps 0, k, 2k, ...), the plain update on the others:
+            about ``1 + 1/k`` plain steps' time per step instead of 2. 1: every step (the paper).
+        cram_probability (`float`, *optional*, defaults to `1.0`):
+            Each optimizer step takes the CrAM update with this probability, drawn from ``(seed, step)`` (the same
+            on every rank and after a resume). 1: every step. Set this or ``cram_interval``, not both.
+
         > Compression
 
         cram_sparsities (`list[str]`, *optional*, defaults to `["0.5", "0.6", "0.7", "0.8"]`):
@@ -59,6 +89,20 @@ class CrAMConfig(TrainingArguments):
             Regexes on parameter names (``re.search``) selecting the 2-D weights to compress. `None`: the weight
             of every ``nn.Linear`` inside the model's transformer layers (for BERT: query, key, value, attention
             output, intermediate, output); embeddings, pooler and heads are never compressed by default.
+
+        > Distillation
+
+        distill_teacher (`str` or `None`, *optional*, defaults to `None`):
+            A dense teacher to distil from: a model folder or a Hub id (``--distill_teacher_model_name_or_path``
+            also sets it), loaded with the student's own model class. The loss becomes
+            ``distill_hardness · KD + (1 − distill_hardness) · task loss``, ``KD`` the temperature-softened KL
+            from the teacher's to the student's logits at the labelled outputs (:mod:`cram_hf.distillation`).
+            `None`: no distillation. ``CrAMTrainer(teacher_model=...)`` takes a loaded model instead.
+        distill_temperature (`float`, *optional*, defaults to `2.0`):
+            Softmax temperature T > 0 of both logit sets; KD is scaled by T². oBERT's sparse transfer (and the
+            CrAM paper's BERT runs after it) used 5.5.
+        distill_hardness (`float`, *optional*, defaults to `1.0`):
+            Weight h in [0, 1] of KD in the loss: 1 = KD only (oBERT's choice), 0 = the task loss only.
     """
 
     cram_rho: float = field(
@@ -94,9 +138,41 @@ class CrAMConfig(TrainingArguments):
     cram_grad_norm: bool = field(
         default=False, metadata={"help": "SAM-style perturbation ρ·g/‖g‖ instead of ρ·g."}
     )
+    cram_interval: int = field(
+        default=1,
+        metadata={
+            "help": "CrAM update on every k-th optimizer step, the plain update between (1: every step)."
+        },
+    )
+    cram_probability: float = field(
+        default=1.0,
+        metadata={
+            "help": "Each optimizer step takes the CrAM update with this probability, drawn from (seed, step) "
+            "(1: every step). Set this or --cram_interval."
+        },
+    )
+    distill_teacher: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Dense teacher to distil from (model folder or Hub id), loaded with the student's model class; "
+            "the loss becomes h·KD + (1-h)·task loss. Default: no distillation.",
+            "aliases": ["--distill_teacher_model_name_or_path"],
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softmax temperature T > 0 of teacher and student logits; KD is scaled by T² (oBERT: 5.5)."
+        },
+    )
+    distill_hardness: float = field(
+        default=1.0,
+        metadata={"help": "Weight h in [0, 1] of the KD loss: 1 = KD only (oBERT), 0 = the task loss only."},
+    )
 
     def __post_init__(self):
         self._validate_cram_fields()
+        self._validate_distill_fields()
         # Before TrainingArguments' own set-up, which would try to import DeepSpeed or build FSDP plugins.
         self._validate_cram_compatibility()
         super().__post_init__()
@@ -112,15 +188,7 @@ class CrAMConfig(TrainingArguments):
             )
 
     def _validate_cram_fields(self) -> None:
-        rho = self.cram_rho
-        if isinstance(rho, str):
-            try:
-                rho = float(rho)
-            except ValueError:
-                raise ValueError(f"cram_rho: must be a number >= 0, got {self.cram_rho!r}.") from None
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
-            raise ValueError(f"cram_rho: must be a finite number >= 0, got {self.cram_rho!r}.")
-        self.cram_rho = float(rho)
+        self.cram_rho = _finite_number("cram_rho", self.cram_rho, "a finite number >= 0", lambda v: v >= 0)
         # Canonical strings, so the field holds what its type says: "0.5", "2:4".
         self.cram_sparsities = [level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")]
         if self.cram_scope not in SCOPES:
@@ -131,6 +199,48 @@ class CrAMConfig(TrainingArguments):
         for name in ("cram_plus", "cram_sparse_grad", "cram_grad_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}.")
+        self.cram_interval, self.cram_probability = check_schedule(self.cram_interval, self.cram_probability)
+
+    def _validate_distill_fields(self) -> None:
+        self.distill_temperature = _finite_number(
+            "distill_temperature",
+            self.distill_temperature,
+            "a finite number > 0 (the softmax temperature of the distillation loss; oBERT used 5.5)",
+            lambda v: v > 0,
+        )
+        self.distill_hardness = _finite_number(
+            "distill_hardness",
+            self.distill_hardness,
+            "a number in [0, 1] (the weight of the distillation loss: 1 = distillation only, 0 = task loss only)",
+            lambda v: 0 <= v <= 1,
+        )
+        teacher = self.distill_teacher
+        if teacher is None:
+            return
+        name = "distill_teacher (--distill_teacher_model_name_or_path)"
+        if not isinstance(teacher, str) or not teacher.strip():
+            raise ValueError(
+                f"{name}: must be a model folder or a Hub id such as 'org/name', got {teacher!r}."
+            )
+        path = os.path.expanduser(teacher)
+        parent = os.path.dirname(path.rstrip(os.sep))
+        # A Hub id 'org/name' looks like a relative path; it is taken as a path only when 'org' is a folder here
+        # (from_pretrained reads an existing path as local, too).
+        if (
+            teacher.startswith((".", os.sep, "~"))
+            or (parent and os.path.isdir(parent))
+            or os.path.exists(path)
+        ):
+            if not os.path.exists(path):
+                raise ValueError(
+                    f"{name}: no such model folder {teacher!r}; give the folder of a saved model (config.json and "
+                    "weights, as save_pretrained writes it) or a Hub id such as 'org/name'."
+                )
+            try:
+                check_model_source(path, name)
+            except FileNotFoundError as err:
+                raise ValueError(str(err)) from None
+            self.distill_teacher = path
 
     def _validate_cram_compatibility(self) -> None:
         if not self.cram_enabled:

@@ -97,6 +97,17 @@ def _how_pruned(config: dict) -> str:
         calibration += f" from `{os.path.basename(data)}`" if data else ""
         target = f"the {level} pattern" if config.get("pattern") else f"{100 * float(level):g} %"
         return f"**one-shot {method} pruning to {target}** with {what}{calibration}; no re-training."
+    if method == "gradual magnitude":
+        params = config.get("method_params") or {}
+        where = (
+            "over all target matrices together" if config.get("scope") == "global" else "within each matrix"
+        )
+        return (
+            f"**gradual magnitude pruning to {100 * float(level):g} % while training**: cubic schedule from "
+            f"optimizer step {params.get('start_step', '?')} to {params.get('end_step', '?')}, the "
+            f"smallest-magnitude target weights ({where}) set to zero every {params.get('update_every', '?')} "
+            "steps, the mask then held to the end of training."
+        )
     return "sparsity measured on the saved weights (how they were pruned is not recorded)."
 
 

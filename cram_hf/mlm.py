@@ -50,19 +50,21 @@ def masked_lm_logits(model, inputs, select, unwrapped=None):
         handle.remove()
 
 
-def masked_lm_loss(model, inputs, unwrapped=None):
+def masked_lm_loss(model, inputs, unwrapped=None, return_logits=False):
     """The MLM loss of ``inputs`` (mean over labelled tokens), identical to the model's own but with logits
-    computed at the labelled positions only."""
+    computed at the labelled positions only; with ``return_logits``, ``(loss, logits [n_labelled, vocab])``."""
     labels = inputs["labels"]
     select = labels != -100
     logits = masked_lm_logits(model, inputs, select, unwrapped)
-    return torch.nn.functional.cross_entropy(logits.float(), labels[select])
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels[select])
+    return (loss, logits) if return_logits else loss
 
 
 class CrAMTrainerForMaskedLM(CrAMTrainer):
     """``CrAMTrainer`` whose training loss skips the vocabulary projection at unmasked positions.
 
-    Same loss value and gradients as the model's own loss; evaluation and prediction are the stock ones."""
+    Same loss value and gradients as the model's own loss; evaluation and prediction are the stock ones.
+    With a teacher, both the student's and the teacher's logits are computed at the masked positions only."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (
@@ -72,9 +74,19 @@ class CrAMTrainerForMaskedLM(CrAMTrainer):
             or self.compute_loss_func is not None
         ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        teacher = self._current_teacher_logits(inputs)
         # unwrap_model keeps a torch.compile wrapper by default; masked_lm_logits strips it, so the hook
         # lands on the real output embedding.
-        return masked_lm_loss(model, inputs, self.accelerator.unwrap_model(model))
+        unwrapped = self.accelerator.unwrap_model(model)
+        if teacher is None:
+            return masked_lm_loss(model, inputs, unwrapped)
+        loss, logits = masked_lm_loss(model, inputs, unwrapped, return_logits=True)
+        return self._distilled(model, loss, (logits,), teacher, num_items_in_batch)
+
+    def _teacher_rows(self, teacher, inputs) -> tuple:
+        if "labels" not in inputs:
+            return super()._teacher_rows(teacher, inputs)
+        return (masked_lm_logits(teacher, inputs, inputs["labels"] != -100),)
 
 
 @torch.no_grad()

@@ -9,6 +9,11 @@ dataclasses, the checks they make before any work, the training block and the on
   ``--cram_sparsities`` is given (``CrAMConfig`` itself defaults to CrAM on, which suits pre-training, not a
   plain fine-tune);
 * :func:`setup_keep_sparsity` — the mask-keeping callback when the model is sparse;
+* :func:`check_distill_teacher` (before any work) and :func:`load_distill_teacher` — the teacher of
+  ``--distill_teacher_model_name_or_path`` (the ``distill_*`` fields of ``CrAMConfig``);
+* :class:`GradualPruningArguments` — ``--gradual_sparsity`` & co., gradual magnitude pruning while training:
+  :func:`check_gradual_pruning` (before any work) and :func:`gradual_pruning_callback` (once the model is
+  loaded);
 * :func:`evaluate_sparsities` — the one-shot loop of :mod:`cram_hf.pruning` on the fine-tuned model, as a
   printed table and ``eval_sparsities.json``.
 """
@@ -27,11 +32,13 @@ from .arguments import UsageError, validated
 from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
 from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
+from .distillation import check_teacher_fits, load_teacher
 from .files import check_not_empty, write_json
+from .gradual import GradualPruningCallback, _sparsity
 from .pruning import format_one_shot_table, one_shot
-from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback
+from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback, target_sparsity
 from .sweep_options import METHODS
-from .targets import Patterns
+from .targets import Patterns, target_names
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +150,82 @@ class SparseTransferArguments(EvalPruningArguments):
             raise ValueError(
                 f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}."
             )
+
+
+GRADUAL_METHOD = "gradual magnitude"  # the "method" of sparsity_config.json for a gradually pruned model
+GRADUAL_END_FRACTION = 0.75  # default --gradual_end_step: this share of the run's optimizer steps
+
+
+@dataclass
+class GradualPruningArguments:
+    """Gradual magnitude pruning while training, the paper's GMP baseline (what sparseml's GMP modifier does):
+    :class:`~cram_hf.gradual.GradualPruningCallback` on the cubic schedule, off unless ``--gradual_sparsity``
+    is given.
+
+    The target weights are those of ``--cram_targets`` (default rule when not given). The mask is held from
+    each pruning event to the end of training, so it cannot be combined with ``--keep_sparsity false``; a model
+    that is already sparse keeps its zeros and must be less sparse than the target. CrAM (``--cram_rho``,
+    ``--cram_sparsities``) may be combined with it: its compression levels apply to the gradually pruned
+    model (a sparsity at or below the one held compresses nothing more). The saved model gets a
+    ``sparsity_config.json`` recording the method and schedule, so loaders and ``--keep_sparsity`` downstream
+    treat it as sparse.
+    """
+
+    gradual_sparsity: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Prune the target weights gradually to this sparsity in (0, 1) while training: cubic schedule "
+            "from --gradual_start_step to --gradual_end_step, magnitude pruning every --gradual_update_every "
+            "optimizer steps, the mask held to the end. Not given: off. N:M patterns are refused."
+        },
+    )
+    gradual_start_step: int = field(
+        default=0,
+        metadata={"help": "Optimizer step of the first pruning event (0: before the first step)."},
+    )
+    gradual_end_step: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Optimizer step at which --gradual_sparsity is reached (the last event), at most the run's "
+            "total. Default: 75%% of the run's total optimizer steps, rounded down (from --max_steps, or "
+            "--num_train_epochs x the optimizer steps per epoch, known when training starts)."
+        },
+    )
+    gradual_update_every: int = field(
+        default=10, metadata={"help": "Optimizer steps between pruning events inside the window."}
+    )
+    gradual_scope: str = field(
+        default="global",
+        metadata={"help": "Magnitude ranking of each event: 'global' (all targets together) or 'layer'."},
+    )
+
+    def __post_init__(self):
+        if self.gradual_sparsity is None:
+            for f in fields(self):
+                if f.name != "gradual_sparsity" and getattr(self, f.name) != f.default:
+                    raise ValueError(
+                        f"{f.name}: has no effect without --gradual_sparsity (gradual pruning is off)."
+                    )
+            return
+        self.gradual_sparsity = _sparsity(self.gradual_sparsity, "gradual_sparsity")
+        if self.gradual_sparsity <= 0:
+            raise ValueError(
+                "gradual_sparsity: must be > 0 (0 prunes nothing); leave the flag out for no gradual pruning."
+            )
+        for name, minimum in (("gradual_start_step", 0), ("gradual_update_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}.")
+        end = self.gradual_end_step
+        if end is not None and (
+            isinstance(end, bool) or not isinstance(end, int) or end <= self.gradual_start_step
+        ):
+            raise ValueError(
+                f"gradual_end_step: must be an optimizer step after --gradual_start_step "
+                f"({self.gradual_start_step}), got {end!r}."
+            )
+        if self.gradual_scope not in SCOPES:
+            raise ValueError(f"gradual_scope: must be one of {SCOPES}, got {self.gradual_scope!r}.")
 
 
 @dataclass
@@ -290,6 +373,150 @@ def setup_keep_sparsity(
     return keep_sparsity_callback(model, model_path, targets=targets, keep=args.keep_sparsity)
 
 
+def gradual_end_step(end_step: Optional[int], start_step: int, total_steps: int) -> int:
+    """``--gradual_end_step``, or its default ``⌊0.75 · total_steps⌋``, checked against a run of ``total_steps``
+    optimizer steps: after ``start_step``, and not after the last step (the model would miss its target)."""
+    if end_step is None:
+        end_step = int(total_steps * GRADUAL_END_FRACTION)
+        if end_step <= start_step:
+            raise UsageError(
+                f"gradual_end_step: the default, 75 % of the run's {total_steps} optimizer steps, is {end_step}, "
+                f"not after --gradual_start_step {start_step}; give --gradual_end_step (<= {total_steps})."
+            )
+    elif end_step > total_steps:
+        raise UsageError(
+            f"gradual_end_step: {end_step} is after the run's last optimizer step ({total_steps}), so the model "
+            "would not reach --gradual_sparsity; lower it or train longer."
+        )
+    return end_step
+
+
+class RecipeGradualPruningCallback(GradualPruningCallback):
+    """:class:`GradualPruningCallback` as the recipes build it: ``end_step=None`` stands for the default,
+    resolved by :func:`gradual_end_step` at ``on_train_begin`` from ``state.max_steps`` (the Trainer's own
+    count of the run's optimizer steps, also for a run given in epochs), and an end step after the run's last
+    step is an error there instead of a warning."""
+
+    def __init__(self, target, start_step: int, end_step: Optional[int], update_every: int, **kwargs):
+        self.default_end_step = end_step is None
+        # A placeholder until the run's length is known; every other argument is checked now.
+        super().__init__(
+            target, start_step, start_step + 1 if end_step is None else end_step, update_every, **kwargs
+        )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        total = getattr(state, "max_steps", 0) or 0
+        if total > 0:
+            end = None if self.default_end_step else self.end_step
+            self.end_step = gradual_end_step(end, self.start_step, total)
+        super().on_train_begin(args, state, control, **kwargs)
+
+
+def check_gradual_pruning(
+    gradual: GradualPruningArguments, args, sparse_args: Optional[SparseTransferArguments] = None
+) -> None:
+    """What ``--gradual_*`` needs of the other flags, before any data or model work: ``--do_train``, the mask
+    held (not ``--keep_sparsity false``) and, when ``--max_steps`` fixes the run's length, a window inside it.
+    Nothing when gradual pruning is off."""
+    if gradual.gradual_sparsity is None:
+        return
+    if not args.do_train:
+        raise UsageError("gradual_sparsity: gradual pruning happens while training; add --do_train.")
+    if sparse_args is not None and sparse_args.keep_sparsity is False:
+        raise UsageError(
+            "gradual_sparsity: gradual pruning holds the weights it prunes at zero; it cannot be combined with "
+            "--keep_sparsity false."
+        )
+    if args.max_steps > 0:
+        gradual_end_step(gradual.gradual_end_step, gradual.gradual_start_step, args.max_steps)
+
+
+def gradual_pruning_callback(
+    gradual: GradualPruningArguments,
+    args,
+    model: nn.Module,
+    sparse_args: Optional[SparseTransferArguments] = None,
+) -> Optional[RecipeGradualPruningCallback]:
+    """The recipes' gradual-pruning callback for ``model`` (loaded, before training), or ``None`` when
+    ``--gradual_sparsity`` is not given. Re-checks :func:`check_gradual_pruning`, then refuses a model whose
+    targets (``--cram_targets``) are already at least as sparse as the target (it would prune nothing)."""
+    if gradual.gradual_sparsity is None:
+        return None
+    check_gradual_pruning(gradual, args, sparse_args)
+    target = gradual.gradual_sparsity
+    names = validated(target_names, model, args.cram_targets, name="cram_targets")
+    current = target_sparsity(model, names)
+    if current >= target:
+        raise UsageError(
+            f"gradual_sparsity: the model is already {100 * current:.1f} % sparse in its target matrices, not "
+            f"below the target {level_name(target)}: gradual pruning would prune nothing. Give a higher "
+            "--gradual_sparsity (the model's zeros are kept either way)."
+        )
+    end = gradual.gradual_end_step
+    if end is None and args.max_steps > 0:
+        end = gradual_end_step(None, gradual.gradual_start_step, args.max_steps)
+    return validated(
+        RecipeGradualPruningCallback,
+        target,
+        gradual.gradual_start_step,
+        end,
+        gradual.gradual_update_every,
+        scope=gradual.gradual_scope,
+        targets=args.cram_targets,
+    )
+
+
+def gradual_record(callback: GradualPruningCallback) -> dict:
+    """How ``callback`` pruned, for ``sparsity_config.json`` (``method``, ``level``, ``scope`` and the schedule
+    in ``method_params``, as the one-shot pruners record theirs)."""
+    return {
+        "method": GRADUAL_METHOD,
+        "level": level_name(callback.target),
+        "scope": callback.scope,
+        "target_patterns": callback.targets,
+        "method_params": {
+            "schedule": "cubic",
+            "initial_sparsity": callback.initial,
+            "start_step": callback.start_step,
+            "end_step": callback.end_step,
+            "update_every": callback.update_every,
+        },
+    }
+
+
+def _teacher_hub_kwargs(hub_kwargs: dict) -> dict:
+    # --model_revision names a version of the student, not of the teacher.
+    return {k: v for k, v in hub_kwargs.items() if k != "revision"}
+
+
+def check_distill_teacher(args: CrAMConfig, student_config, **hub_kwargs) -> None:
+    """Before any data or weights are loaded: the teacher's config (``AutoConfig`` of ``args.distill_teacher``)
+    lines up with the student's — vocabulary size, number and order of labels
+    (:func:`~cram_hf.distillation.check_teacher_fits`). ``student_config`` is a config, or the name or path
+    ``AutoConfig`` loads it from (with ``hub_kwargs``). Nothing without a teacher."""
+    if args.distill_teacher is None:
+        return
+    from transformers import AutoConfig
+
+    if isinstance(student_config, (str, os.PathLike)):
+        student_config = AutoConfig.from_pretrained(student_config, **hub_kwargs)
+    teacher_config = AutoConfig.from_pretrained(args.distill_teacher, **_teacher_hub_kwargs(hub_kwargs))
+    validated(
+        check_teacher_fits,
+        student_config,
+        teacher_config,
+        name="distill_teacher (--distill_teacher_model_name_or_path)",
+    )
+
+
+def load_distill_teacher(student: nn.Module, args: CrAMConfig, **hub_kwargs) -> Optional[nn.Module]:
+    """The teacher of ``args.distill_teacher``, loaded like the student (its model class, the recipe's
+    ``--cache_dir``/``--token``) for ``CrAMTrainer(teacher_model=...)``; ``None`` without one."""
+    if args.distill_teacher is None:
+        return None
+    return load_teacher(student, args.distill_teacher, **_teacher_hub_kwargs(hub_kwargs))
+
+
 def check_model_path(path) -> None:
     """Fail early on a *compact* sparse checkpoint: it has no ``model.safetensors``, so ``from_pretrained`` of a
     task class cannot read it."""
@@ -351,20 +578,55 @@ def evaluate_sparsities(
     return result
 
 
+def save_sparsity_record(
+    trainer,
+    keep_sparsity: Optional[KeepSparsityCallback],
+    gradual: Optional[GradualPruningCallback] = None,
+    model_path=None,
+) -> Optional[dict]:
+    """After ``trainer.save_model()``: the saved model's ``sparsity_config.json`` when its mask was kept (a
+    sparse input) and/or made (gradual pruning, recorded as such), on the main process; else nothing."""
+    names = list(keep_sparsity.masks) if keep_sparsity is not None else []
+    pruned = None
+    if gradual is not None and gradual.report is not None:
+        names += [n for n in gradual.report.targets if n not in names]
+        pruned = gradual_record(gradual)
+    if not names or not trainer.is_world_process_zero():
+        return None
+    return save_finetuned_sparsity_config(
+        trainer.model, trainer.args.output_dir, names, model_path, pruned=pruned
+    )
+
+
+def pruning_metrics(
+    keep_sparsity: Optional[KeepSparsityCallback], gradual: Optional[GradualPruningCallback] = None
+) -> dict:
+    """How many pruned weights ended non-zero (0 unless something broke the mask) and, with gradual pruning,
+    the target sparsity reached."""
+    held = [c for c in (keep_sparsity, gradual.keep if gradual is not None else None) if c is not None]
+    metrics = {"train_pruned_weights_nonzero": sum(c.violations() for c in held)} if held else {}
+    if gradual is not None:
+        metrics["train_gradual_sparsity"] = gradual.sparsity
+    return metrics
+
+
 def train_and_save(
-    trainer, train_dataset, keep_sparsity: Optional[KeepSparsityCallback], model_path=None
+    trainer,
+    train_dataset,
+    keep_sparsity: Optional[KeepSparsityCallback],
+    model_path=None,
+    gradual: Optional[GradualPruningCallback] = None,
 ) -> dict:
     """The recipes' training block: train (resuming if asked), save the model — with its
-    ``sparsity_config.json`` when the mask was kept — and the train metrics and state. Returns the metrics,
-    which include how many pruned weights ended non-zero (0 unless something broke the mask)."""
+    ``sparsity_config.json`` when the mask was kept or gradual pruning made one — and the train metrics and
+    state. Returns the metrics, which include how many pruned weights ended non-zero (0 unless something broke
+    the mask)."""
     args = trainer.args
     metrics = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint).metrics
     metrics["train_samples"] = len(train_dataset)
-    if keep_sparsity is not None:
-        metrics["train_pruned_weights_nonzero"] = keep_sparsity.violations()
+    metrics.update(pruning_metrics(keep_sparsity, gradual))
     trainer.save_model()
-    if keep_sparsity is not None and trainer.is_world_process_zero():
-        save_finetuned_sparsity_config(trainer.model, args.output_dir, list(keep_sparsity.masks), model_path)
+    save_sparsity_record(trainer, keep_sparsity, gradual, model_path)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -7,6 +7,11 @@ Modelled on transformers' ``examples/pytorch/text-classification/run_glue.py`` (
 * ``--keep_sparsity``: a pruned model keeps its zeros exactly zero while fine-tuning (default: on when the
   model is sparse; ``--keep_sparsity false`` turns it off);
 * ``--cram_rho`` / ``--cram_sparsities``: CrAM during fine-tuning (off unless one of them is given);
+* ``--gradual_sparsity 0.8`` (``--gradual_start_step``, ``--gradual_end_step``, ``--gradual_update_every``,
+  ``--gradual_scope``): gradual magnitude pruning while fine-tuning (cubic schedule, mask then held);
+* ``--distill_teacher_model_name_or_path`` (``--distill_temperature``, ``--distill_hardness``): knowledge
+  distillation from a dense classifier fine-tuned on the same labels, in the same order (checked once the
+  labels are read from the data, before tokenizing);
 * ``--eval_sparsities 0.5 0.7 0.9 2:4``: after fine-tuning, one-shot prune at each level and evaluate
   (table printed, ``eval_sparsities.json`` in ``--output_dir``).
 
@@ -47,10 +52,15 @@ from cram_hf.files import check_not_empty, write_text
 from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
 from cram_hf.recipe_support import (
     FinetuneConfig,
+    GradualPruningArguments,
     SparseTransferArguments,
+    check_distill_teacher,
+    check_gradual_pruning,
     check_model_fits,
     check_model_path,
     evaluate_sparsities,
+    gradual_pruning_callback,
+    load_distill_teacher,
     setup_keep_sparsity,
     train_and_save,
 )
@@ -170,7 +180,13 @@ class ModelArguments:
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
     parser = HfArgumentParser(
-        (ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig)
+        (
+            ModelArguments,
+            DataTrainingArguments,
+            SparseTransferArguments,
+            GradualPruningArguments,
+            FinetuneConfig,
+        )
     )
     return parse_recipe_args(parser, argv)
 
@@ -213,12 +229,13 @@ def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
 
 
 def main(argv=None):
-    model_args, data_args, sparse_args, training_args = parse_args(argv)
+    model_args, data_args, sparse_args, gradual_args, training_args = parse_args(argv)
 
     setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+    check_gradual_pruning(gradual_args, training_args, sparse_args)
     common = dict(
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
@@ -292,6 +309,11 @@ def main(argv=None):
         finetuning_task=data_args.task_name or "text-classification",
         **common,
     )
+    if label_list is not None:
+        config.label2id = {str(v): i for i, v in enumerate(label_list)}
+        config.id2label = {i: str(v) for i, v in enumerate(label_list)}
+    # The labels are known only now, from the data: the teacher must have them, in this order.
+    check_distill_teacher(training_args, config, **common)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
         use_fast=model_args.use_fast_tokenizer,
@@ -306,13 +328,11 @@ def main(argv=None):
     keep_sparsity = setup_keep_sparsity(
         model, model_args.model_name_or_path, sparse_args, targets=training_args.cram_targets
     )
+    gradual = gradual_pruning_callback(gradual_args, training_args, model, sparse_args)
 
     label_to_id = None
-    if label_list is not None:
-        if data_args.task_name is None:
-            label_to_id = {v: i for i, v in enumerate(label_list)}
-        model.config.label2id = {str(v): i for i, v in enumerate(label_list)}
-        model.config.id2label = {i: str(v) for i, v in enumerate(label_list)}
+    if label_list is not None and data_args.task_name is None:
+        label_to_id = {v: i for i, v in enumerate(label_list)}
 
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
     if data_args.max_seq_length > tokenizer.model_max_length:
@@ -401,11 +421,12 @@ def main(argv=None):
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
         data_collator=data_collator,
-        callbacks=[keep_sparsity] if keep_sparsity is not None else None,
+        callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
+        teacher_model=load_distill_teacher(model, training_args, **common),
     )
 
     if training_args.do_train:
-        train_and_save(trainer, train_dataset, keep_sparsity, model_args.model_name_or_path)
+        train_and_save(trainer, train_dataset, keep_sparsity, model_args.model_name_or_path, gradual)
 
     def evaluate_all() -> dict:
         """Every evaluation set (MNLI: matched and mismatched, the latter's keys suffixed ``_mm``)."""

@@ -2,10 +2,14 @@
 """Masked-LM training (pre-training or continued pre-training) with CrAM.
 
 The flags of transformers' ``examples/pytorch/language-modeling/run_mlm.py`` plus every ``CrAMConfig`` field
-(``--cram_rho``, ``--cram_sparsities``, ...) and ``--eval_sparsities``. After training, the model is evaluated
+(``--cram_rho``, ``--cram_sparsities``, ...), ``--gradual_sparsity`` & co. (gradual magnitude pruning while
+training: cubic schedule, mask then held; the saved model gets a ``sparsity_config.json``) and
+``--eval_sparsities``. After training, the model is evaluated
 dense and one-shot pruned at each level of ``--eval_sparsities`` (default: the training levels): MLM loss,
 perplexity and masked-token accuracy, computed at the masked positions only, printed as a table and written
-to ``eval_sparsities.json``.
+to ``eval_sparsities.json``. ``--distill_teacher_model_name_or_path`` (``--distill_temperature``,
+``--distill_hardness``) adds knowledge distillation from a dense masked-LM teacher (typically the model you
+start from), at the masked positions only.
 
     python recipes/run_mlm_cram.py --model_name_or_path bert-base-uncased \\
         --dataset_name wikitext --dataset_config_name wikitext-103-raw-v1 \\
@@ -42,10 +46,17 @@ from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
 from cram_hf.recipe_support import (
     EvalPruningArguments,
+    GradualPruningArguments,
     RecipeConfig,
+    check_distill_teacher,
+    check_gradual_pruning,
     check_model_fits,
     evaluate_sparsities,
+    gradual_pruning_callback,
     last_checkpoint,
+    load_distill_teacher,
+    pruning_metrics,
+    save_sparsity_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -241,15 +252,16 @@ def load_model_and_tokenizer(model_args, config):
 
 
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataTrainingArguments, RecipeConfig))
+    return HfArgumentParser((ModelArguments, DataTrainingArguments, GradualPruningArguments, RecipeConfig))
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args(build_parser(), argv)
+    model_args, data_args, gradual_args, training_args = parse_args(build_parser(), argv)
 
     setup_logging(training_args, logger)
 
     # Checked before any data or weights are read.
+    check_gradual_pruning(gradual_args, training_args)
     resume = last_checkpoint(training_args)
     if resume is not None:
         logger.info(f"Checkpoint found at {resume}: resuming from it.")
@@ -261,6 +273,7 @@ def main(argv=None):
         data_args.eval_sparsities or (),
         trust_remote_code=model_args.trust_remote_code,
     )
+    check_distill_teacher(training_args, config, **hub_kwargs(model_args))
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, model_args)
@@ -271,6 +284,7 @@ def main(argv=None):
             "do_eval: needs a validation split (--validation_file or --validation_split_percentage)."
         )
     model, tokenizer = load_model_and_tokenizer(model_args, config)
+    gradual = gradual_pruning_callback(gradual_args, training_args, model)
 
     max_seq_length = min(
         data_args.max_seq_length or tokenizer.model_max_length, 1024, tokenizer.model_max_length
@@ -311,14 +325,18 @@ def main(argv=None):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=collator,
+        callbacks=[gradual] if gradual is not None else None,
+        teacher_model=load_distill_teacher(model, training_args, **hub_kwargs(model_args)),
     )
 
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or resume
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
+        save_sparsity_record(trainer, None, gradual, model_args.model_name_or_path)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
+        metrics.update(pruning_metrics(None, gradual))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -7,6 +7,11 @@ Modelled on transformers' ``examples/pytorch/question-answering/run_qa.py`` (sam
 * ``--keep_sparsity``: a pruned model keeps its zeros exactly zero while fine-tuning (default: on when the
   model is sparse; ``--keep_sparsity false`` turns it off);
 * ``--cram_rho`` / ``--cram_sparsities``: CrAM during fine-tuning (off unless one of them is given);
+* ``--gradual_sparsity 0.8`` (``--gradual_start_step``, ``--gradual_end_step``, ``--gradual_update_every``,
+  ``--gradual_scope``): gradual magnitude pruning while fine-tuning (cubic schedule, mask then held);
+* ``--distill_teacher_model_name_or_path`` (``--distill_temperature``, ``--distill_hardness``): knowledge
+  distillation of the start and end logits from a dense QA teacher (checked against the model before any
+  data is read);
 * ``--eval_sparsities 0.7 0.8 0.9 2:4``: after fine-tuning, one-shot prune at each level and evaluate
   (table printed, ``eval_sparsities.json`` in ``--output_dir``).
 
@@ -56,10 +61,15 @@ from cram_hf.qa import (
 )
 from cram_hf.recipe_support import (
     FinetuneConfig,
+    GradualPruningArguments,
     SparseTransferArguments,
+    check_distill_teacher,
+    check_gradual_pruning,
     check_model_fits,
     check_model_path,
     evaluate_sparsities,
+    gradual_pruning_callback,
+    load_distill_teacher,
     setup_keep_sparsity,
     train_and_save,
 )
@@ -169,18 +179,25 @@ class DataTrainingArguments:
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
     parser = HfArgumentParser(
-        (ModelArguments, DataTrainingArguments, SparseTransferArguments, FinetuneConfig)
+        (
+            ModelArguments,
+            DataTrainingArguments,
+            SparseTransferArguments,
+            GradualPruningArguments,
+            FinetuneConfig,
+        )
     )
     return parse_recipe_args(parser, argv)
 
 
 def main(argv=None):
-    model_args, data_args, sparse_args, training_args = parse_args(argv)
+    model_args, data_args, sparse_args, gradual_args, training_args = parse_args(argv)
 
     setup_logging(training_args, logger)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
+    check_gradual_pruning(gradual_args, training_args, sparse_args)
     common = dict(
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
@@ -194,6 +211,7 @@ def main(argv=None):
         sparse_args.eval_sparsities,
         **common,
     )
+    check_distill_teacher(training_args, model_args.config_name or model_args.model_name_or_path, **common)
     set_seed(training_args.seed)
 
     # ---- data, checked before the model is loaded ----
@@ -251,6 +269,7 @@ def main(argv=None):
     keep_sparsity = setup_keep_sparsity(
         model, model_args.model_name_or_path, sparse_args, targets=training_args.cram_targets
     )
+    gradual = gradual_pruning_callback(gradual_args, training_args, model, sparse_args)
 
     windows = dict(
         tokenizer=tokenizer,
@@ -311,7 +330,8 @@ def main(argv=None):
         data_collator=data_collator,
         post_process=post_process,
         version_2_with_negative=data_args.version_2_with_negative,
-        callbacks=[keep_sparsity] if keep_sparsity is not None else None,
+        callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
+        teacher_model=load_distill_teacher(model, training_args, **common),
     )
 
     def save_predictions(prefix, predictions, nbest, diffs):
@@ -324,7 +344,7 @@ def main(argv=None):
             write_json(os.path.join(out, f"{prefix}_null_odds.json"), diffs)
 
     if training_args.do_train:
-        train_and_save(trainer, train_dataset, keep_sparsity, model_args.model_name_or_path)
+        train_and_save(trainer, train_dataset, keep_sparsity, model_args.model_name_or_path, gradual)
 
     if training_args.do_eval:
         logger.info("*** Evaluate ***")

@@ -416,7 +416,7 @@ def test_keep_sparsity_works_as_a_bare_flag(name, flags, expected, data, tmp_pat
     args = recipe_args(name, data, tmp_path / "out")
     # Last, then before another flag: a bare flag must not swallow what follows it.
     for argv in (args + flags, flags + args):
-        _, _, sparse_args, _ = parse(name, argv)
+        _, _, sparse_args, _, _ = parse(name, argv)
         assert sparse_args.keep_sparsity is expected
 
 
@@ -430,7 +430,7 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_skips_the_early_check(d
             raise RuntimeError("Tensor.item() cannot be called on meta tensors")
 
     assert meta_model(tiny_bert_config(), ReadsValuesInInit) is None
-    (_, _, _, training_args) = parse(
+    (_, _, _, _, training_args) = parse(
         "run_glue", recipe_args("run_glue", data, tmp_path / "out", "--cram_targets", "no_such_weight")
     )
     check_model_fits(data["model"], ReadsValuesInInit, training_args)  # left to the loaded model

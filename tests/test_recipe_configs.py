@@ -26,6 +26,8 @@ REQUIRED = {
     "bert_base_squad_sparse.yaml",
     "bert_base_squad_cram.yaml",
     "bert_base_glue_sparse.yaml",
+    "bert_base_squad_sparse_kd.yaml",
+    "bert_base_mlm_cram_kd.yaml",
     "minilm_bbc_cpu.yaml",
     "minilm_austen_cpu.yaml",
 }
@@ -48,14 +50,22 @@ def _parse_mlm(config_path):
     from cram_hf.arguments import parse_args
 
     recipe = load_recipe("recipes/run_mlm_cram.py")
-    model_args, data_args, training_args = parse_args(recipe.build_parser(), [config_path])
-    return {"model": model_args, "data": data_args, "training": training_args}
+    model_args, data_args, gradual_args, training_args = parse_args(recipe.build_parser(), [config_path])
+    return {"model": model_args, "data": data_args, "gradual": gradual_args, "training": training_args}
 
 
 def _parse_finetune(script):
     def parse(config_path):
-        model_args, data_args, sparse_args, training_args = load_recipe(script).parse_args([config_path])
-        return {"model": model_args, "data": data_args, "sparse": sparse_args, "training": training_args}
+        model_args, data_args, sparse_args, gradual_args, training_args = load_recipe(script).parse_args(
+            [config_path]
+        )
+        return {
+            "model": model_args,
+            "data": data_args,
+            "sparse": sparse_args,
+            "gradual": gradual_args,
+            "training": training_args,
+        }
 
     return parse
 

@@ -104,7 +104,7 @@ def test_yaml_config_with_flag_overrides(setup):
     lines.append("eval_sparsities: []")
     cfg.write_text("\n".join(lines))
     recipe = load_recipe()
-    model_args, data_args, args = recipe.parse_args(
+    model_args, data_args, _, args = recipe.parse_args(
         recipe.build_parser(), [str(cfg), "--max_steps", "7", "--cram_rho", "0.1"]
     )
     assert args.max_steps == 7 and args.cram_rho == 0.1 and args.cram_sparsities == ["0.6", "2:4"]

@@ -1,0 +1,402 @@
+#!/usr/bin/env python
+"""CrAM below the two-pass cost: the cost-saving schedules (``cram_interval``, ``cram_probability``) against
+full CrAM+ and AdamW — time per optimizer step and one-shot accuracy.
+
+The evidence benchmark's settings (``bench_evidence.py``): MiniLM-L6 fine-tuned on BBC News (100 steps, batch
+32, lr 3e-4, CrAM+ rho 0.05 at levels {0.5, 0.6, 0.7, 0.8, 0.9, 2:4}), every run of a seed with the same
+head and data order, then pruned one-shot with global magnitude and per-matrix SparseGPT; and (``--upstream``)
+the continued masked-LM training on the Austen chapters.
+
+* **Cost**: every setting trains ``--timing_steps`` steps, in ``--timing_rounds`` interleaved rounds, one after
+  the other in this one process; time per optimizer step from the first step's start to the last one's end,
+  as a ratio to AdamW's of the same round (median over rounds).
+* **Accuracy**: each schedule trains the full run on every seed. AdamW and full CrAM+ are the same runs as the
+  evidence benchmark's (same settings and seeds): ``--baselines_from evidence.json`` takes their results from
+  it (the settings are checked to match), otherwise they are trained here too.
+
+Writes ``schedules.json``, ``schedules.md`` and ``schedules.png`` (cost ratio vs 80 % one-shot accuracy) to
+``--output_dir``.
+
+    python benchmarks/bench_schedules.py --output_dir benchmarks/results/schedules
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+from bench_bbc_transfer import log, rewrite_report, setup_offline_minilm, train
+from bench_evidence import Data, _save, bbc_model, downstream, min_max_errors, run_args, spread, upstream
+from transformers import TrainerCallback
+
+from cram_hf.files import write_json, write_text
+from cram_hf.schedule import check_schedule, cram_step_due
+
+PRUNERS = ("magnitude/global", "sparsegpt/layer")
+ADAMW, FULL = "AdamW", "CrAM+ (every step)"
+
+
+def schedule_name(interval: int, probability: float) -> str:
+    if interval > 1:
+        return f"CrAM+ every {interval} steps"
+    if probability < 1:
+        return f"CrAM+ with probability {probability:g}"
+    return FULL
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--output_dir", default="benchmarks/results/schedules")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--intervals", type=int, nargs="*", default=[2, 4], help="cram_interval settings.")
+    p.add_argument(
+        "--probabilities", type=float, nargs="*", default=[0.25], help="cram_probability settings."
+    )
+    p.add_argument("--levels", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"])
+    p.add_argument("--cram_rho", type=float, default=0.05)
+    p.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"])
+    p.add_argument("--train_steps", type=int, default=100)
+    p.add_argument("--learning_rate", type=float, default=3e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seq_length", type=int, default=48)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--calibration_samples", type=int, default=128)
+    p.add_argument(
+        "--upstream",
+        action="store_true",
+        help="Also the masked-LM runs on Austen (seeds --upstream_seeds).",
+    )
+    p.add_argument("--upstream_seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--mlm_steps", type=int, default=120)
+    p.add_argument("--mlm_batch_size", type=int, default=16)
+    p.add_argument("--mlm_learning_rate", type=float, default=5e-4)
+    p.add_argument("--timing_steps", type=int, default=16, help="Steps per setting in each timing round.")
+    p.add_argument("--timing_rounds", type=int, default=2)
+    p.add_argument(
+        "--baselines_from", default=None, help="An evidence.json whose AdamW and CrAM+ runs to reuse."
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--from_json", default=None, help="Rewrite the report from an earlier run's json.")
+    args = p.parse_args(argv)
+    for k in args.intervals:
+        check_schedule(k, 1.0)
+    for q in args.probabilities:
+        check_schedule(1, q)
+    if args.quick:
+        args.train_steps, args.mlm_steps, args.timing_steps, args.timing_rounds = 8, 8, 4, 1
+        args.calibration_samples = 16
+    # What bench_evidence's Data and run_args read.
+    args.pruners, args.save_models, args.finetune_steps, args.finetune_learning_rate = PRUNERS, None, 1, 0.0
+    return args
+
+
+def settings(args) -> list[tuple[str, dict]]:
+    """(name, cram options) per run; ``None`` = AdamW."""
+    runs = [(ADAMW, None), (FULL, {})]
+    runs += [(schedule_name(k, 1.0), {"cram_interval": k}) for k in args.intervals]
+    runs += [(schedule_name(1, q), {"cram_probability": q}) for q in args.probabilities]
+    return runs
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock from the first optimizer step's start to the last one's end (no set-up, no data loading
+    before the first step)."""
+
+    def __init__(self):
+        self.start = self.end = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.end = time.perf_counter()
+
+
+def timing(args, data, model_path, workdir) -> dict:
+    """Seconds per optimizer step of every setting, trained side by side in interleaved rounds."""
+    rounds = []
+    for r in range(args.timing_rounds):
+        row = {}
+        for name, options in settings(args):
+            model = bbc_model(data, model_path, 0)
+            clock = StepClock()
+            train(
+                model,
+                data.bbc_train,
+                data.tokenizer,
+                run_args(args, seed=0),
+                name=f"time-{len(row)}-r{r}",
+                steps=args.timing_steps,
+                lr=args.learning_rate,
+                cram=options is not None,
+                cram_options=options,
+                callbacks=[clock],
+                workdir=workdir,
+            )
+            row[name] = (clock.end - clock.start) / args.timing_steps
+            log(f"  timing round {r}: {name}: {row[name]:.3f} s per step")
+        rounds.append(row)
+    return {"rounds": rounds}
+
+
+def baselines(args, path: str) -> dict:
+    """AdamW and full CrAM+ per seed from an evidence run with the same settings."""
+    with open(path) as f:
+        evidence = json.load(f)
+    cfg = evidence["config"]
+    for key in (
+        "train_steps",
+        "learning_rate",
+        "batch_size",
+        "max_seq_length",
+        "cram_rho",
+        "cram_sparsities",
+        "weight_decay",
+        "calibration_samples",
+        "mlm_steps",
+        "mlm_batch_size",
+        "mlm_learning_rate",
+    ):
+        if cfg[key] != getattr(args, key):
+            raise SystemExit(
+                f"--baselines_from: {path} has {key}={cfg[key]!r}, this run {getattr(args, key)!r}."
+            )
+    missing = set(args.levels) - set(cfg["levels"])
+    if missing:
+        raise SystemExit(f"--baselines_from: {path} lacks the levels {sorted(missing)}.")
+    runs = {r["seed"]: r for r in evidence["runs"]}
+    absent = [s for s in args.seeds if s not in runs]
+    if absent:
+        raise SystemExit(f"--baselines_from: {path} has no seeds {absent}.")
+    return runs
+
+
+def run(args, data, model_path, workdir) -> dict:
+    out = {"timing": timing(args, data, model_path, workdir), "downstream": [], "upstream": []}
+    known = baselines(args, args.baselines_from) if args.baselines_from else {}
+    exps = [("downstream", args.seeds)] + ([("upstream", args.upstream_seeds)] if args.upstream else [])
+    for exp, seeds in exps:
+        for seed in seeds:
+            row = {"seed": seed, "runs": {}}
+            for name, options in settings(args):
+                if seed in known and name in (ADAMW, FULL):
+                    row["runs"][name] = known[seed][exp]["adamw" if name == ADAMW else "cram"]
+                    continue
+                log(f"seed {seed}: {name}, {exp}")
+                common = dict(
+                    seed=seed,
+                    cram=options is not None,
+                    pruners=PRUNERS,
+                    cram_options=options,
+                    name=f"{exp}-{len(row['runs'])}-s{seed}",
+                )
+                if exp == "downstream":
+                    row["runs"][name] = downstream(
+                        args,
+                        data,
+                        model_path,
+                        workdir,
+                        steps=args.train_steps,
+                        lr=args.learning_rate,
+                        rho=args.cram_rho,
+                        sparsities=args.cram_sparsities,
+                        **common,
+                    )
+                else:
+                    model, row["runs"][name] = upstream(args, data, model_path, workdir, **common)
+                    del model
+            out[exp].append(row)
+    return out
+
+
+# --- report --------------------------------------------------------------------------------------------------
+
+
+def summarise(rows: list[dict], levels, timing: dict) -> dict:
+    """Per run name: the cost ratio (seconds per step over AdamW's in the same timing round) and, per pruner
+    and level, the accuracy — each as the spread over rounds / seeds."""
+    out = {}
+    for name in rows[0]["runs"]:
+        ratios = [r[name] / r[ADAMW] for r in timing["rounds"]]
+        out[name] = {
+            "cost_ratio": spread(ratios),
+            "seconds_per_step": spread(r[name] for r in timing["rounds"]),
+            "accuracy": {
+                p: {
+                    lv: spread(r["runs"][name]["oneshot"][p][lv]["accuracy"] for r in rows)
+                    for lv in ["dense", *levels]
+                }
+                for p in PRUNERS
+            },
+        }
+    return out
+
+
+def best(summary_run: dict, level: str) -> tuple[str, dict]:
+    return max(summary_run["accuracy"].items(), key=lambda kv: kv[1][level]["mean"])
+
+
+def cram_share(name: str, cfg: dict, steps: int, seed: int) -> float:
+    """The share of ``steps`` optimizer steps that take the CrAM update under run ``name``'s schedule."""
+    options = dict(settings(SimpleNamespace(**cfg)))[name]
+    if options is None:
+        return 0.0
+    schedule = {
+        "interval": options.get("cram_interval", 1),
+        "probability": options.get("cram_probability", 1.0),
+    }
+    return statistics.fmean(cram_step_due(t, seed=seed, **schedule) for t in range(steps))
+
+
+def table_lines(summary: dict, levels, title: str, cfg: dict) -> list[str]:
+    cols = ["dense", *levels]
+    lines = [
+        f"**{title}** — accuracy with the better of global magnitude / per-matrix SparseGPT at each level "
+        "(mean ± std over seeds), and time per optimizer step as a ratio to AdamW's",
+        "",
+        "| run | time / AdamW's | CrAM steps (timing / training, seed 0) | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for name, s in summary.items():
+        cells = []
+        for lv in cols:
+            pruner, acc = best(s, lv)
+            tag = "" if lv == "dense" else (" M" if pruner.startswith("magnitude") else " S")
+            cells.append(f"{acc[lv]['mean']:.3f} ± {acc[lv]['std']:.3f}{tag}")
+        r = s["cost_ratio"]
+        share = f"{cram_share(name, cfg, cfg['timing_steps'], 0):.0%} / {cram_share(name, cfg, cfg['train_steps'], 0):.0%}"
+        lines.append(f"| {name} | {r['mean']:.2f}× | {share} | " + " | ".join(cells) + " |")
+    lines += ["", "M = global magnitude was the better pruner, S = per-matrix SparseGPT."]
+    return lines
+
+
+def target_lines(summary: dict) -> list[str]:
+    """The issue's target: 80 % one-shot within 1 point of full CrAM+ at <= 1.3× AdamW's time per step."""
+    full = best(summary[FULL], "0.8")[1]["0.8"]["mean"]
+    lines = [
+        "| run | time / AdamW's | 80 % (best pruner) | vs full CrAM+ | target met |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        acc = best(s, "0.8")[1]["0.8"]["mean"]
+        ratio = s["cost_ratio"]["mean"]
+        gap = round(100 * (acc - full), 1)
+        met = "—" if name in (ADAMW, FULL) else ("yes" if ratio <= 1.3 and gap >= -1.0 else "no")
+        lines.append(f"| {name} | {ratio:.2f}× | {acc:.3f} | {gap:+.1f} pts | {met} |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        *table_lines(result["summary"]["downstream"], cfg["levels"], "Downstream (BBC News)", cfg),
+        "",
+        "Target: 80 % one-shot within 1 point of full CrAM+ at ≤ 1.3× AdamW's time per step:",
+        "",
+        *target_lines(result["summary"]["downstream"]),
+    ]
+    if result["summary"].get("upstream"):
+        up = result["summary"]["upstream"]
+        lines += [
+            "",
+            *table_lines(up, cfg["levels"], "Upstream (masked LM on Austen; masked-token accuracy)", cfg),
+        ]
+    lines += [
+        "",
+        f"Settings: MiniLM-L6, BBC {cfg['train_steps']} steps, batch {cfg['batch_size']}, lr {cfg['learning_rate']}; "
+        f"CrAM+ rho {cfg['cram_rho']}, levels {{{', '.join(cfg['cram_sparsities'])}}}; seeds "
+        f"{', '.join(map(str, cfg['seeds']))}; time per step from {cfg['timing_rounds']} interleaved rounds of "
+        f"{cfg['timing_steps']} steps per setting"
+        + (f"; AdamW and full CrAM+ accuracy from {cfg['baselines_from']}" if cfg["baselines_from"] else "")
+        + (
+            f"; masked LM {cfg['mlm_steps']} steps, batch {cfg['mlm_batch_size']}, seeds "
+            f"{', '.join(map(str, cfg['upstream_seeds']))}"
+            if cfg["upstream"]
+            else ""
+        )
+        + f". Whole run {result['seconds'] / 60:.1f} min on {cfg['threads']} CPU threads.",
+        "",
+        f"Command: `{result['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, s in result["summary"]["downstream"].items():
+        pruner, acc = best(s, "0.8")
+        r = s["cost_ratio"]
+        ax.errorbar(
+            [r["mean"]],
+            [acc["0.8"]["mean"]],
+            xerr=min_max_errors([r]),
+            yerr=min_max_errors([acc["0.8"]]),
+            marker="o",
+            capsize=3,
+            label=f"{name} ({'magnitude' if pruner.startswith('magnitude') else 'SparseGPT'})",
+        )
+    ax.axvline(1.3, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("time per optimizer step / AdamW's (same seed, side by side)")
+    ax.set_ylabel("BBC test accuracy, one-shot 80 % (better pruner)")
+    ax.set_title(
+        "Cost-saving CrAM schedules: cost vs 80 % one-shot accuracy (bars = min-max over seeds)", fontsize=9
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_report(result: dict, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    levels = result["config"]["levels"]
+    result["summary"] = {
+        exp: summarise(result[exp], levels, result["timing"])
+        for exp in ("downstream", "upstream")
+        if result.get(exp)
+    }
+    table = markdown(result)
+    write_json(os.path.join(output_dir, "schedules.json"), result)
+    write_text(os.path.join(output_dir, "schedules.md"), table)
+    plot(result, os.path.join(output_dir, "schedules.png"))
+    return table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:
+        return rewrite_report(args.from_json, args.output_dir, write_report)
+    model_path = setup_offline_minilm(args.threads)
+    t0 = time.time()
+    data = Data(args, model_path)
+    command = " ".join(["python", "benchmarks/bench_schedules.py", *(sys.argv[1:] if argv is None else argv)])
+    with tempfile.TemporaryDirectory() as workdir:
+        result = {"command": command, "config": vars(args), **run(args, data, model_path, workdir)}
+    result["seconds"] = time.time() - t0
+    table = write_report(result, args.output_dir)
+    print(table)
+    log(f"done in {result['seconds'] / 60:.1f} min; wrote to {args.output_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
