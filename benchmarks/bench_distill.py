@@ -117,7 +117,8 @@ def dense_model(args, data, model_path, workdir, *, seed, key):
     trained here as bench_evidence.py trains it."""
     name = f"bbc-{key}-s{seed}"
     saved = os.path.join(args.models_dir, name) if args.models_dir else None
-    if saved and os.path.isfile(os.path.join(saved, "config.json")):
+    # The tokenizer is saved after the weights: its files mean the weights are complete.
+    if saved and os.path.isfile(os.path.join(saved, "tokenizer_config.json")):
         log(f"seed {seed}: {ev.MODELS[key]} loaded from {saved}")
         return AutoModelForSequenceClassification.from_pretrained(saved), {"loaded_from": saved}
     log(f"seed {seed}: training {ev.MODELS[key]} on BBC, {args.train_steps} steps")
