@@ -123,6 +123,16 @@ def main():
     logged = torch.tensor([h["cram_compressed_loss"] for h in cram3.state.log_history if "loss" in h])
     log_err = float((logged - expected_logged).abs().max())
     ranks_differ = float((gathered[0] - gathered[1]).abs().max())
+    # A probabilistic schedule: every rank must take the CrAM update on the same steps, unasked.
+    steps = 6
+    sched, _, sched_counter = run(
+        CrAMTrainer, CrAMConfig, steps, cram_rho=0.2, cram_sparsities=["0.5"], cram_probability=0.5
+    )
+    mine = torch.zeros(steps)
+    for step, _ in sched.local_compressed:
+        mine[step] = 1.0
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(
@@ -135,6 +145,8 @@ def main():
                     "world_size": dist.get_world_size(),
                     "logged_compressed_loss_err": log_err,
                     "ranks_compressed_loss_differ_by": ranks_differ,
+                    "schedule_cram_steps": [g.tolist() for g in gathered],
+                    "schedule_weights_equal": sched_counter.weights_equal,
                 },
                 f,
             )

@@ -30,3 +30,7 @@ def test_two_process_ddp_matches_reference_and_keeps_ranks_identical(tmp_path):
     # The logged CrAM figures are the mean over ranks, not rank 0's own (which differ here).
     assert result["ranks_compressed_loss_differ_by"] > 1e-3
     assert result["logged_compressed_loss_err"] < 1e-3  # logs round to 4 decimals
+    # cram_probability: both ranks took the CrAM update on the same steps (some, not all) and stayed identical.
+    rank0, rank1 = result["schedule_cram_steps"]
+    assert rank0 == rank1 and 0 < sum(rank0) < len(rank0)
+    assert all(result["schedule_weights_equal"]) and len(result["schedule_weights_equal"]) == len(rank0)
