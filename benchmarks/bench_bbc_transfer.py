@@ -434,13 +434,18 @@ def rewrite_report(json_path: str, output_dir: str, write_report) -> dict:
     return result
 
 
-def write_report(result: dict, output_dir: str) -> str:
+def save_report(output_dir: str, stem: str, result: dict, table: str, plot_to) -> str:
+    """``stem``.json (the result), ``stem``.md (the table) and ``stem``.png (``plot_to(path)``) in
+    ``output_dir``, each written atomically; returns the table."""
     os.makedirs(output_dir, exist_ok=True)
-    table = markdown(result)
-    write_json(os.path.join(output_dir, "bbc_transfer.json"), result)
-    write_text(os.path.join(output_dir, "bbc_transfer.md"), table)
-    plot(result, os.path.join(output_dir, "bbc_transfer.png"))
+    write_json(os.path.join(output_dir, stem + ".json"), result)
+    write_text(os.path.join(output_dir, stem + ".md"), table)
+    plot_to(os.path.join(output_dir, stem + ".png"))
     return table
+
+
+def write_report(result: dict, output_dir: str) -> str:
+    return save_report(output_dir, "bbc_transfer", result, markdown(result), lambda path: plot(result, path))
 
 
 def main(argv=None):

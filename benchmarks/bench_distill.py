@@ -39,6 +39,7 @@ from bench_bbc_transfer import (
     evaluate,
     log,
     rewrite_report,
+    save_report,
     setup_offline_minilm,
     sparse_finetune,
     train,
@@ -46,7 +47,6 @@ from bench_bbc_transfer import (
 from transformers import AutoModelForSequenceClassification
 
 from cram_hf.compression import parse_level
-from cram_hf.files import write_json, write_text
 from cram_hf.sweep_options import METHODS as PRUNING_METHODS
 
 VARIANTS = {"pruned": "one-shot", "plain": "sparse FT", "kd": "sparse FT + KD"}
@@ -293,15 +293,10 @@ def plot(result: dict, path: str) -> None:
 
 
 def write_report(result: dict, output_dir: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
     result["aggregate"] = ev.aggregate(
         {"runs": [{k: r[k] for k in ("seed", "dense", "students")} for r in result["runs"]]}
     )
-    table = markdown(result)
-    write_json(os.path.join(output_dir, "distill.json"), result)
-    write_text(os.path.join(output_dir, "distill.md"), table)
-    plot(result, os.path.join(output_dir, "distill.png"))
-    return table
+    return save_report(output_dir, "distill", result, markdown(result), lambda path: plot(result, path))
 
 
 def main(argv=None):

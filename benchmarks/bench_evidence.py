@@ -57,6 +57,7 @@ from bench_bbc_transfer import (
     load_bbc,
     log,
     rewrite_report,
+    save_report,
     setup_offline_minilm,
     sparse_finetune,
     train,
@@ -69,7 +70,6 @@ from transformers import (
 )
 
 from cram_hf.compression import SCOPES, parse_level
-from cram_hf.files import write_json, write_text
 from cram_hf.gradual import GradualPruningCallback
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
@@ -895,20 +895,16 @@ def sweep_plot(result: dict, levels, path: str) -> None:
 
 
 def write_report(result: dict, output_dir: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
     if result["kind"] == "sweep":
-        table = sweep_markdown(result, result["config"]["levels"])
-        stem = "regime_sweep"
-        plot = lambda path: sweep_plot(result, result["config"]["levels"], path)  # noqa: E731
-    else:
-        result["aggregate"] = aggregate(result)
-        table = evidence_markdown(result)
-        stem = "evidence"
-        plot = lambda path: evidence_plot(result, path)  # noqa: E731
-    write_json(os.path.join(output_dir, stem + ".json"), result)
-    write_text(os.path.join(output_dir, stem + ".md"), table)
-    plot(os.path.join(output_dir, stem + ".png"))
-    return table
+        levels = result["config"]["levels"]
+        table = sweep_markdown(result, levels)
+        return save_report(
+            output_dir, "regime_sweep", result, table, lambda path: sweep_plot(result, levels, path)
+        )
+    result["aggregate"] = aggregate(result)
+    return save_report(
+        output_dir, "evidence", result, evidence_markdown(result), lambda p: evidence_plot(result, p)
+    )
 
 
 def main(argv=None):

@@ -34,12 +34,11 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from bench_bbc_transfer import log, rewrite_report, setup_offline_minilm, train
+from bench_bbc_transfer import log, rewrite_report, save_report, setup_offline_minilm, train
 from bench_evidence import Data, _save, bbc_model, downstream, min_max_errors, run_args, spread, upstream
 from transformers import TrainerCallback
 
-from cram_hf.files import write_json, write_text
-from cram_hf.schedule import check_schedule, cram_step_due
+from cram_hf.schedule import cram_step_due
 
 PRUNERS = ("magnitude/global", "sparsegpt/layer")
 ADAMW, FULL = "AdamW", "CrAM+ (every step)"
@@ -91,9 +90,11 @@ def parse_args(argv=None):
     p.add_argument("--from_json", default=None, help="Rewrite the report from an earlier run's json.")
     args = p.parse_args(argv)
     for k in args.intervals:
-        check_schedule(k, 1.0)
+        if k < 2:
+            p.error(f"--intervals: each must be an integer >= 2 (1 is full CrAM, always run), got {k}")
     for q in args.probabilities:
-        check_schedule(1, q)
+        if not 0 < q < 1:
+            p.error(f"--probabilities: each must be in (0, 1) (1 is full CrAM, always run), got {q}")
     if args.quick:
         args.train_steps, args.mlm_steps, args.timing_steps, args.timing_rounds = 8, 8, 4, 1
         args.calibration_samples = 16
@@ -367,18 +368,13 @@ def plot(result: dict, path: str) -> None:
 
 
 def write_report(result: dict, output_dir: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
     levels = result["config"]["levels"]
     result["summary"] = {
         exp: summarise(result[exp], levels, result["timing"])
         for exp in ("downstream", "upstream")
         if result.get(exp)
     }
-    table = markdown(result)
-    write_json(os.path.join(output_dir, "schedules.json"), result)
-    write_text(os.path.join(output_dir, "schedules.md"), table)
-    plot(result, os.path.join(output_dir, "schedules.png"))
-    return table
+    return save_report(output_dir, "schedules", result, markdown(result), lambda path: plot(result, path))
 
 
 def main(argv=None):

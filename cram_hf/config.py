@@ -11,7 +11,6 @@ from transformers import TrainingArguments
 
 from .checkpoint import check_model_source
 from .compression import SCOPES, level_name, parse_level, parse_levels
-from .schedule import check_schedule
 from .targets import validate_patterns
 
 DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
@@ -199,7 +198,28 @@ class CrAMConfig(TrainingArguments):
         for name in ("cram_plus", "cram_sparse_grad", "cram_grad_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}.")
-        self.cram_interval, self.cram_probability = check_schedule(self.cram_interval, self.cram_probability)
+        self._validate_schedule_fields()
+
+    def _validate_schedule_fields(self) -> None:
+        interval = self.cram_interval
+        if isinstance(interval, str) and interval.strip().isdigit():
+            interval = int(interval)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(
+                f"cram_interval: must be an integer >= 1 (1 = CrAM on every optimizer step), got {interval!r}."
+            )
+        self.cram_interval = interval
+        self.cram_probability = _finite_number(
+            "cram_probability",
+            self.cram_probability,
+            "a number in (0, 1] (the share of optimizer steps that take the CrAM update; 1 = every step)",
+            lambda v: 0 < v <= 1,
+        )
+        if self.cram_interval > 1 and self.cram_probability < 1:
+            raise ValueError(
+                f"cram_interval={self.cram_interval} and cram_probability={self.cram_probability}: choose one "
+                "schedule (leave the other at 1)."
+            )
 
     def _validate_distill_fields(self) -> None:
         self.distill_temperature = _finite_number(

@@ -19,43 +19,10 @@ A plain step is the stock ``Trainer.training_step``: no ranking, no copy, no mas
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 # Mixed into the generator's seed so the schedule's draws are not the level draws of the same (seed, step).
 _SCHEDULE_STREAM = 0x5C4ED
-
-
-def check_schedule(interval, probability) -> tuple[int, float]:
-    """``(cram_interval, cram_probability)`` validated; a ``ValueError`` names the field that is wrong."""
-    if isinstance(interval, str) and interval.strip().isdigit():
-        interval = int(interval)
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(
-            f"cram_interval: must be an integer >= 1 (1 = CrAM on every optimizer step), got {interval!r}."
-        )
-    if isinstance(probability, str):
-        try:
-            probability = float(probability)
-        except ValueError:
-            pass
-    if (
-        isinstance(probability, bool)
-        or not isinstance(probability, (int, float))
-        or not math.isfinite(probability)
-        or not 0 < probability <= 1
-    ):
-        raise ValueError(
-            f"cram_probability: must be a number in (0, 1] (the share of optimizer steps that take the CrAM "
-            f"update; 1 = every step), got {probability!r}."
-        )
-    if interval > 1 and probability < 1:
-        raise ValueError(
-            f"cram_interval={interval} and cram_probability={probability}: choose one schedule (set the other "
-            "to 1)."
-        )
-    return interval, float(probability)
 
 
 def cram_step_due(step: int, *, seed: int, interval: int = 1, probability: float = 1.0) -> bool:
