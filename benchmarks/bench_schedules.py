@@ -81,7 +81,22 @@ def parse_args(argv=None):
     p.add_argument("--mlm_batch_size", type=int, default=16)
     p.add_argument("--mlm_learning_rate", type=float, default=5e-4)
     p.add_argument("--timing_steps", type=int, default=16, help="Steps per setting in each timing round.")
-    p.add_argument("--timing_rounds", type=int, default=2)
+    p.add_argument(
+        "--timing_rounds",
+        type=int,
+        default=2,
+        help="0: no timing (e.g. while another job loads the machine).",
+    )
+    p.add_argument(
+        "--skip_baselines",
+        action="store_true",
+        help="Train the schedules only (AdamW and full CrAM+ to come from --baselines_from later).",
+    )
+    p.add_argument(
+        "--accuracy_from",
+        default=None,
+        help="A schedules.json (of a --timing_rounds 0 run) whose accuracy runs to reuse: only the timing runs.",
+    )
     p.add_argument(
         "--baselines_from", default=None, help="An evidence.json whose AdamW and CrAM+ runs to reuse."
     )
@@ -188,13 +203,28 @@ def baselines(args, path: str) -> dict:
 def run(args, data, model_path, workdir) -> dict:
     out = {"timing": timing(args, data, model_path, workdir), "downstream": [], "upstream": []}
     known = baselines(args, args.baselines_from) if args.baselines_from else {}
+    if args.accuracy_from:
+        with open(args.accuracy_from) as f:
+            earlier = json.load(f)
+        for exp in ("downstream", "upstream"):
+            for row in earlier[exp]:
+                for name, key in ((ADAMW, "adamw"), (FULL, "cram")):
+                    if name not in row["runs"] and row["seed"] in known:
+                        row["runs"][name] = known[row["seed"]][exp][key]
+        names = {name for name, _ in settings(args)}
+        if set(earlier["downstream"][0]["runs"]) != names:
+            raise SystemExit(
+                f"--accuracy_from: {args.accuracy_from} has other settings than this run's {names}."
+            )
+        return {**out, "downstream": earlier["downstream"], "upstream": earlier["upstream"]}
     exps = [("downstream", args.seeds)] + ([("upstream", args.upstream_seeds)] if args.upstream else [])
     for exp, seeds in exps:
         for seed in seeds:
             row = {"seed": seed, "runs": {}}
             for name, options in settings(args):
-                if seed in known and name in (ADAMW, FULL):
-                    row["runs"][name] = known[seed][exp]["adamw" if name == ADAMW else "cram"]
+                if name in (ADAMW, FULL) and (seed in known or args.skip_baselines):
+                    if seed in known:
+                        row["runs"][name] = known[seed][exp]["adamw" if name == ADAMW else "cram"]
                     continue
                 log(f"seed {seed}: {name}, {exp}")
                 common = dict(
@@ -231,10 +261,10 @@ def summarise(rows: list[dict], levels, timing: dict) -> dict:
     and level, the accuracy — each as the spread over rounds / seeds."""
     out = {}
     for name in rows[0]["runs"]:
-        ratios = [r[name] / r[ADAMW] for r in timing["rounds"]]
+        rounds = timing["rounds"]
         out[name] = {
-            "cost_ratio": spread(ratios),
-            "seconds_per_step": spread(r[name] for r in timing["rounds"]),
+            "cost_ratio": spread(r[name] / r[ADAMW] for r in rounds) if rounds else None,
+            "seconds_per_step": spread(r[name] for r in rounds) if rounds else None,
             "accuracy": {
                 p: {
                     lv: spread(r["runs"][name]["oneshot"][p][lv]["accuracy"] for r in rows)
@@ -262,6 +292,11 @@ def cram_share(name: str, cfg: dict, steps: int, seed: int) -> float:
     return statistics.fmean(cram_step_due(t, seed=seed, **schedule) for t in range(steps))
 
 
+def ratio_cell(summary_run: dict) -> str:
+    r = summary_run["cost_ratio"]
+    return "—" if r is None else f"{r['mean']:.2f}×"
+
+
 def table_lines(summary: dict, levels, title: str, cfg: dict) -> list[str]:
     cols = ["dense", *levels]
     lines = [
@@ -277,9 +312,8 @@ def table_lines(summary: dict, levels, title: str, cfg: dict) -> list[str]:
             pruner, acc = best(s, lv)
             tag = "" if lv == "dense" else (" M" if pruner.startswith("magnitude") else " S")
             cells.append(f"{acc[lv]['mean']:.3f} ± {acc[lv]['std']:.3f}{tag}")
-        r = s["cost_ratio"]
         share = f"{cram_share(name, cfg, cfg['timing_steps'], 0):.0%} / {cram_share(name, cfg, cfg['train_steps'], 0):.0%}"
-        lines.append(f"| {name} | {r['mean']:.2f}× | {share} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {ratio_cell(s)} | {share} | " + " | ".join(cells) + " |")
     lines += ["", "M = global magnitude was the better pruner, S = per-matrix SparseGPT."]
     return lines
 
@@ -293,10 +327,11 @@ def target_lines(summary: dict) -> list[str]:
     ]
     for name, s in summary.items():
         acc = best(s, "0.8")[1]["0.8"]["mean"]
-        ratio = s["cost_ratio"]["mean"]
         gap = round(100 * (acc - full), 1)
-        met = "—" if name in (ADAMW, FULL) else ("yes" if ratio <= 1.3 and gap >= -1.0 else "no")
-        lines.append(f"| {name} | {ratio:.2f}× | {acc:.3f} | {gap:+.1f} pts | {met} |")
+        met = "—"
+        if name not in (ADAMW, FULL) and s["cost_ratio"] is not None:
+            met = "yes" if s["cost_ratio"]["mean"] <= 1.3 and gap >= -1.0 else "no"
+        lines.append(f"| {name} | {ratio_cell(s)} | {acc:.3f} | {gap:+.1f} pts | {met} |")
     return lines
 
 
@@ -305,10 +340,13 @@ def markdown(result: dict) -> str:
     lines = [
         *table_lines(result["summary"]["downstream"], cfg["levels"], "Downstream (BBC News)", cfg),
         "",
-        "Target: 80 % one-shot within 1 point of full CrAM+ at ≤ 1.3× AdamW's time per step:",
-        "",
-        *target_lines(result["summary"]["downstream"]),
     ]
+    if FULL in result["summary"]["downstream"]:  # a --skip_baselines run has none yet
+        lines += [
+            "Target: 80 % one-shot within 1 point of full CrAM+ at ≤ 1.3× AdamW's time per step:",
+            "",
+            *target_lines(result["summary"]["downstream"]),
+        ]
     if result["summary"].get("upstream"):
         up = result["summary"]["upstream"]
         lines += [
@@ -321,6 +359,7 @@ def markdown(result: dict) -> str:
         f"CrAM+ rho {cfg['cram_rho']}, levels {{{', '.join(cfg['cram_sparsities'])}}}; seeds "
         f"{', '.join(map(str, cfg['seeds']))}; time per step from {cfg['timing_rounds']} interleaved rounds of "
         f"{cfg['timing_steps']} steps per setting"
+        + (f" (accuracy runs from {cfg['accuracy_from']})" if cfg.get("accuracy_from") else "")
         + (f"; AdamW and full CrAM+ accuracy from {cfg['baselines_from']}" if cfg["baselines_from"] else "")
         + (
             f"; masked LM {cfg['mlm_steps']} steps, batch {cfg['mlm_batch_size']}, seeds "
@@ -345,6 +384,8 @@ def plot(result: dict, path: str) -> None:
     for name, s in result["summary"]["downstream"].items():
         pruner, acc = best(s, "0.8")
         r = s["cost_ratio"]
+        if r is None:
+            continue
         ax.errorbar(
             [r["mean"]],
             [acc["0.8"]["mean"]],

@@ -98,6 +98,17 @@ def test_schedule_target_is_missed_when_slower_than_1_3x(tmp_path):
     assert "| CrAM+ every 4 steps | 1.40× | 0.920 | -1.0 pts | no |" in bs.write_report(result, str(tmp_path))
 
 
+def test_an_accuracy_only_run_reports_and_is_completed_by_a_timing_run(tmp_path):
+    """--timing_rounds 0 --skip_baselines now (the machine busy), --accuracy_from + --baselines_from later."""
+    result = schedules_result()
+    result["timing"] = {"rounds": []}
+    for row in result["downstream"]:
+        del row["runs"][bs.ADAMW], row["runs"][bs.FULL]
+    table = bs.write_report(result, str(tmp_path))
+    assert "| CrAM+ every 4 steps | — | 25% / 25% |" in table and "Target" not in table
+    assert (tmp_path / "schedules.json").exists()
+
+
 def test_kd_gain_is_paired_seed_by_seed():
     def student(plain, kd):
         return {"plain": {"accuracy": plain}, "kd": {"accuracy": kd}}
