@@ -84,6 +84,12 @@ def parse_args(argv=None):
     g.add_argument("--finetune_learning_rate", type=float, default=evidence.finetune_learning_rate)
     g.add_argument("--distill_temperature", type=float, default=2.0)
     g.add_argument("--distill_hardness", type=float, default=1.0, help="1: KD loss only (oBERT's choice).")
+    p.add_argument(
+        "--wait_minutes",
+        type=float,
+        default=0.0,
+        help="Wait this long for a model of --models_dir that a running bench_evidence.py has yet to save.",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: a data subset and a few steps.")
     p.add_argument(
@@ -118,7 +124,11 @@ def dense_model(args, data, model_path, workdir, *, seed, key):
     name = f"bbc-{key}-s{seed}"
     saved = os.path.join(args.models_dir, name) if args.models_dir else None
     # The tokenizer is saved after the weights: its files mean the weights are complete.
-    if saved and os.path.isfile(os.path.join(saved, "tokenizer_config.json")):
+    done = saved and os.path.join(saved, "tokenizer_config.json")
+    deadline = time.time() + 60 * args.wait_minutes
+    while done and not os.path.isfile(done) and time.time() < deadline:
+        time.sleep(20)  # a bench_evidence.py run still writing them (--wait_minutes)
+    if done and os.path.isfile(done):
         log(f"seed {seed}: {ev.MODELS[key]} loaded from {saved}")
         return AutoModelForSequenceClassification.from_pretrained(saved), {"loaded_from": saved}
     log(f"seed {seed}: training {ev.MODELS[key]} on BBC, {args.train_steps} steps")
