@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q tests
 
 # The main job — CrAM+ masked-LM training of the embedded MiniLM on the shipped text — beside its AdamW twin
-# (same steps, learning rate and seed), then both pruned one-shot with magnitude and with SparseGPT (uniform per
+# (same steps, learning rate and seed), then both pruned one-shot with global magnitude and with SparseGPT (uniform per
 # matrix, calibrated on 128 training lines), dense to 90 % and 2:4: one table with each row's share of its dense
 # accuracy kept, and out/demo/sweep.png. About 8 minutes on 2 CPU cores.
 DEMO_RUN = $(OFFLINE) $(PY) recipes/run_mlm_cram.py recipes/configs/demo_minilm_austen.yaml --model_name_or_path "$(MINILM)" \
@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(DEMO_RUN) --output_dir out/demo-minilm-adamw --cram_rho 0 --cram_sparsities none
 	$(OFFLINE) $(VENV)/bin/cram-hf sweep out/demo-minilm-cram out/demo-minilm-adamw --model_names CrAM+ AdamW \
 		--task mlm --validation_file recipes/data/austen_pride_eval.txt --max_seq_length 64 \
-		--sparsities 0 0.5 0.6 0.7 0.8 0.9 2:4 --methods magnitude sparsegpt --scope layer \
+		--sparsities 0 0.5 0.6 0.7 0.8 0.9 2:4 --methods magnitude sparsegpt --scope global layer \
 		--calibration_file recipes/data/austen_pride_train.txt --output_dir out/demo --overwrite_output_dir
 
 # The suite against the oldest supported transformers (4.57.x) in its own environment, then the default.

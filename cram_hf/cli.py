@@ -119,7 +119,13 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output_dir", required=True, help="Where to write sweep.json, sweep.csv and sweep.png.")
     p.add_argument("--overwrite_output_dir", action="store_true", help="Write into a non-empty --output_dir.")
-    p.add_argument("--scope", choices=("global", "layer"), default="global", help="Magnitude ranking scope.")
+    p.add_argument(
+        "--scope",
+        nargs="+",
+        choices=("global", "layer"),
+        default=["global"],
+        help="Ranking scope: one for every method, or one per --methods entry (e.g. global layer).",
+    )
     p.add_argument(
         "--targets", nargs="+", default=None, metavar="REGEX", help="Regexes selecting the matrices to prune."
     )

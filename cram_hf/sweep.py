@@ -431,13 +431,15 @@ def run_sweep(
                 )
             for method in o.methods:
                 name = label if o.methods == ["magnitude"] else f"{label} · {method}"
+                if len(set(o.scopes.values())) > 1:
+                    name += f" ({SCOPE_NAMES[o.scopes[method]]})"
                 extra = {"calibration": calibration} if method != "magnitude" else {}
                 # In place, restored bit-exactly after each level: no copy of the model per level.
                 record["results"] += one_shot(
                     model,
                     levels,
                     evaluate,
-                    scope=o.scope,
+                    scope=o.scopes[method],
                     targets=o.targets,
                     label=name,
                     on_row=show,
@@ -455,6 +457,9 @@ def run_sweep(
 
 
 # --------------------------------------------------------------------------------------------- outputs
+
+
+SCOPE_NAMES = {"global": "global", "layer": "per matrix"}
 
 
 def kept_share(value: float, dense: float, metric: str) -> float:
@@ -550,9 +555,11 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
     ax.margins(y=0.15)  # room for the N:M labels
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel(metric + ("" if HIGHER_IS_BETTER.get(metric, True) else " (lower is better)"))
-    scope = {"global": "global", "layer": "per matrix"}[record.get("scope") or "global"]
-    methods = ", ".join(record.get("methods") or ["magnitude"])
-    ax.set_title(f"One-shot pruning, {record['task']} ({methods}, {scope}; N:M marked apart)", fontsize=10)
+    methods = record.get("methods") or ["magnitude"]
+    scopes = record.get("scope") or "global"
+    scopes = [scopes] * len(methods) if isinstance(scopes, str) else scopes
+    how = ", ".join(f"{m} {SCOPE_NAMES[s]}" for m, s in zip(methods, scopes))
+    ax.set_title(f"One-shot pruning, {record['task']} ({how}; N:M marked apart)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

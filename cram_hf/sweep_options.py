@@ -4,7 +4,7 @@ plain Python importable without torch so that ``cram-hf --help`` does not pay fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 TASKS = ("mlm", "classification")
 METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
@@ -13,6 +13,7 @@ DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
 TEXT_EXTENSIONS = (".txt", ".text", ".raw")
 TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
 METHODS = ("magnitude", "wanda", "sparsegpt")  # the pruners of cram_hf.prune
+SCOPES = ("global", "layer")
 
 
 @dataclass
@@ -25,7 +26,8 @@ class SweepOptions:
         task: ``"mlm"`` (loss, perplexity, masked-token accuracy on text) or ``"classification"`` (accuracy,
             macro-F1, loss on csv/json with text and label columns).
         validation_file: the evaluation data.
-        scope / targets: magnitude ranking (``"global"`` / ``"layer"``) and target regexes, as for ``prune``.
+        scope / targets: the ranking (``"global"`` / ``"layer"``) and target regexes, as for ``prune``; ``scope``
+            may also list one scope per ``methods`` entry (e.g. magnitude global, SparseGPT per matrix).
         metric: the plotted metric (default: accuracy).
         model_names: labels for the models in tables and plot (default: folder names).
         max_eval_samples, max_seq_length, batch_size: evaluation size.
@@ -39,7 +41,7 @@ class SweepOptions:
     levels: Sequence
     task: str
     validation_file: str
-    scope: str = "global"
+    scope: Union[str, Sequence[str]] = "global"
     targets: Optional[Sequence[str]] = None
     metric: Optional[str] = None
     model_names: Optional[Sequence[str]] = None
@@ -64,6 +66,17 @@ class SweepOptions:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"--methods: {bad[0]!r} is not one of {METHODS}.")
+        scopes = [self.scope] if isinstance(self.scope, str) else list(self.scope)
+        if len(scopes) not in (1, len(self.methods)):
+            raise ValueError(
+                f"--scope: one scope for every method, or one per --methods entry ({len(self.methods)}), got "
+                f"{len(scopes)}: {' '.join(scopes)}."
+            )
+        bad = [v for v in scopes if v not in SCOPES]
+        if bad:
+            raise ValueError(f"--scope: {bad[0]!r} is not one of {SCOPES}.")
+        self.scope = scopes[0] if len(scopes) == 1 else scopes
+        self.scopes = dict(zip(self.methods, scopes * len(self.methods) if len(scopes) == 1 else scopes))
         calibrated = [m for m in self.methods if m != "magnitude"]
         if calibrated and self.calibration_file is None:
             raise ValueError(f"--calibration_file: --methods {' '.join(calibrated)} needs calibration text.")

@@ -449,3 +449,27 @@ def test_sweep_compares_pruners_one_curve_per_model_and_method(models, tmp_path,
     assert main(no_calibration) == 2
     assert "--calibration_file: --methods sparsegpt needs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_sweep_takes_one_scope_per_method(models, tmp_path, capsys):
+    def sweep(name, *extra):
+        argv = ["sweep", str(models["mlm_a"]), "--validation_file", str(models["text"]), "--task", "mlm"]
+        argv += ["--sparsities", "0.7", "--max_seq_length", "16", "--output_dir", str(tmp_path / name)]
+        argv += ["--disable_tqdm", "--model_names", "A", "--calibration_file", str(models["text"]), *extra]
+        code = main(argv)
+        return code, json.loads((tmp_path / name / "sweep.json").read_text()) if code == 0 else None
+
+    _, mixed = sweep("mixed", "--methods", "magnitude", "sparsegpt", "--scope", "layer", "global")
+    rows = {r["model"]: r for r in mixed["results"]}
+    assert list(rows) == ["A · magnitude (per matrix)", "A · sparsegpt (global)"]
+    _, layer = sweep("layer", "--scope", "layer")
+    _, global_ = sweep("global", "--scope", "global")
+    # The magnitude curve of the mixed sweep is the per-matrix one, which differs from the global one here.
+    assert rows["A · magnitude (per matrix)"]["loss"] == layer["results"][0]["loss"]
+    assert layer["results"][0]["loss"] != global_["results"][0]["loss"]
+    capsys.readouterr()
+    code, _ = sweep("bad", "--methods", "magnitude", "sparsegpt", "--scope", "global", "layer", "layer")
+    assert (
+        code == 2
+        and "--scope: one scope for every method, or one per --methods entry (2)" in capsys.readouterr().err
+    )
