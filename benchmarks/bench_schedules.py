@@ -260,7 +260,8 @@ def summarise(rows: list[dict], levels, timing: dict) -> dict:
     """Per run name: the cost ratio (seconds per step over AdamW's in the same timing round) and, per pruner
     and level, the accuracy — each as the spread over rounds / seeds."""
     out = {}
-    for name in rows[0]["runs"]:
+    # AdamW and full CrAM+ first, however they were merged in (--accuracy_from with --baselines_from).
+    for name in sorted(rows[0]["runs"], key=lambda n: (n != ADAMW, n != FULL)):
         rounds = timing["rounds"]
         out[name] = {
             "cost_ratio": spread(r[name] / r[ADAMW] for r in rounds) if rounds else None,

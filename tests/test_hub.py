@@ -147,6 +147,8 @@ def test_model_card_for_an_nm_checkpoint(tmp_path):
     assert "AutoTokenizer" in card
     assert "KeepSparsityCallback" in card and "cram_hf.sparse_finetune" in card
     assert "## Sparsity sweep" not in card
+    # Which pruner to use with a CrAM model and when CrAM pays, in numbers.
+    assert "## Choosing the pruner, and whether CrAM pays" in card and "0.906" in card
 
 
 def test_model_card_for_magnitude_compact_local_base_with_sweep(tmp_path):
