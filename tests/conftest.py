@@ -11,6 +11,17 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _environment_as_it_was():
+    """Each test ends with the environment it began with: on transformers 4.x, building a ``TrainingArguments``
+    with ``bf16``/``fp16`` (a recipe config parsed in a test) writes ``ACCELERATE_MIXED_PRECISION`` into
+    ``os.environ``, and every later Trainer of the process would then train in that precision."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def tiny_bert_config(**overrides):
     from transformers import BertConfig
 
