@@ -14,6 +14,15 @@ MiniLM-L6 on BBC News, with the data, split and training settings of ``bench_evi
    with KD from the teacher (``--distill_temperature``, ``--distill_hardness``): same steps, learning rate,
    data order and pruned start.
 
+``--upstream`` adds the upstream path, for each seed: continued masked-LM training of MiniLM on the Austen
+chapters (bench_evidence.py's settings) — the dense AdamW run (the upstream teacher), CrAM+ Multi, and CrAM+ Multi
+distilling from that teacher (``--upstream_distill_temperature``, ``--upstream_distill_hardness``: oBERT's
+upstream 5.5 and 1.0) — then sparse transfer to BBC: each CrAM+ upstream model pruned at ``--upstream_levels``
+and fine-tuned with the mask kept, on the labels alone and with KD from the dense upstream model's dense BBC
+fine-tune, against that dense fine-tune.
+
+``--merge_from distill.json`` adds an earlier run's levels (same seeds and settings) to this one's report.
+
 Test accuracy, mean ± std over ``--seeds``; the KD gain is paired (KD minus labels alone, seed by seed). Writes
 ``distill.json``, ``distill.md`` (table) and ``distill.png`` (accuracy against sparsity) to ``--output_dir``.
 ``--quick`` is a few-minute smoke run on a subset.
@@ -30,11 +39,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
 
 import bench_evidence as ev
+import torch
 from bench_bbc_transfer import (
     evaluate,
     log,
@@ -44,9 +55,11 @@ from bench_bbc_transfer import (
     sparse_finetune,
     train,
 )
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from cram_hf.compression import parse_level
+from cram_hf.mlm import CrAMTrainerForMaskedLM
+from cram_hf.mlm_data import ReproducibleMLMCollator
 from cram_hf.sweep_options import METHODS as PRUNING_METHODS
 
 VARIANTS = {"pruned": "one-shot", "plain": "sparse FT", "kd": "sparse FT + KD"}
@@ -84,6 +97,22 @@ def parse_args(argv=None):
     g.add_argument("--finetune_learning_rate", type=float, default=evidence.finetune_learning_rate)
     g.add_argument("--distill_temperature", type=float, default=2.0)
     g.add_argument("--distill_hardness", type=float, default=1.0, help="1: KD loss only (oBERT's choice).")
+    g = p.add_argument_group("the upstream path (--upstream)")
+    g.add_argument(
+        "--upstream", action="store_true", help="Also the upstream path (masked LM with KD, then transfer)."
+    )
+    g.add_argument("--skip_downstream", action="store_true", help="With --upstream: the upstream path alone.")
+    g.add_argument("--upstream_levels", nargs="+", default=["0.7"], help="Sparse-transfer levels.")
+    for name in ("mlm_steps", "mlm_batch_size"):
+        g.add_argument(f"--{name}", type=int, default=getattr(evidence, name))
+    g.add_argument("--mlm_learning_rate", type=float, default=evidence.mlm_learning_rate)
+    g.add_argument("--upstream_distill_temperature", type=float, default=5.5)
+    g.add_argument("--upstream_distill_hardness", type=float, default=1.0)
+    p.add_argument(
+        "--merge_from",
+        default=None,
+        help="An earlier distill.json (same seeds and settings, other --levels) whose students to report beside these.",
+    )
     p.add_argument(
         "--wait_minutes",
         type=float,
@@ -98,19 +127,25 @@ def parse_args(argv=None):
         help="Rewrite the table and plot from an earlier distill.json; no training.",
     )
     args = p.parse_args(argv)
-    for v in args.levels + args.cram_sparsities:
+    for v in args.levels + args.cram_sparsities + args.upstream_levels:
         parse_level(v, "level")
+    if args.skip_downstream and not args.upstream:
+        p.error("--skip_downstream: needs --upstream")
+    if args.merge_from is not None and not os.path.isfile(args.merge_from):
+        p.error(f"--merge_from: no such file {args.merge_from!r}")
     for name in ("train_steps", "finetune_steps", "batch_size", "calibration_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
-    if not args.distill_temperature > 0:
-        p.error(f"--distill_temperature: must be > 0, got {args.distill_temperature}")
-    if not 0 <= args.distill_hardness <= 1:
-        p.error(f"--distill_hardness: must be in [0, 1], got {args.distill_hardness}")
+    for prefix in ("", "upstream_"):
+        t, h = getattr(args, f"{prefix}distill_temperature"), getattr(args, f"{prefix}distill_hardness")
+        if not t > 0:
+            p.error(f"--{prefix}distill_temperature: must be > 0, got {t}")
+        if not 0 <= h <= 1:
+            p.error(f"--{prefix}distill_hardness: must be in [0, 1], got {h}")
     if args.models_dir is not None and not os.path.isdir(args.models_dir):
         p.error(f"--models_dir: no such folder {args.models_dir!r}")
     if args.quick:
-        args.train_steps, args.finetune_steps = 8, 4
+        args.train_steps, args.finetune_steps, args.mlm_steps = 8, 4, 4
         args.calibration_samples = min(args.calibration_samples, 16)
     return args
 
@@ -190,6 +225,137 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
     return {"seed": seed, "dense": dense, "students": students, "timing": timing}
 
 
+def mlm_model(args, data, model_path, workdir, *, seed, name, cram, teacher=None):
+    """MiniLM after continued masked-LM training on Austen (bench_evidence.py's upstream run), distilling from
+    ``teacher`` when given; returns the model and its held-out masked-LM scores."""
+    torch.manual_seed(seed)
+    model = AutoModelForMaskedLM.from_pretrained(model_path)
+    log(f"seed {seed}: masked LM '{name}', {args.mlm_steps} steps")
+    distill = {
+        "distill_temperature": args.upstream_distill_temperature,
+        "distill_hardness": args.upstream_distill_hardness,
+    }
+    train(
+        model,
+        data.mlm_train,
+        data.tokenizer,
+        ev.run_args(args, seed=seed, batch_size=args.mlm_batch_size),
+        name=f"{name}-s{seed}",
+        steps=args.mlm_steps,
+        lr=args.mlm_learning_rate,
+        cram=cram,
+        workdir=workdir,
+        collator=ReproducibleMLMCollator(data.tokenizer, seed=seed),
+        trainer_cls=CrAMTrainerForMaskedLM,
+        teacher=teacher,
+        distill_options=distill,
+    )
+    return model, ev.mlm_score(model, data)
+
+
+def classifier_from(mlm, data, workdir, *, seed, name):
+    """The masked-LM encoder with a fresh BBC head (the seed's head, as every BBC run of the seed)."""
+    folder = os.path.join(workdir, f"{name}-s{seed}")
+    mlm.save_pretrained(folder)
+    data.tokenizer.save_pretrained(folder)
+    return ev.bbc_model(data, folder, seed)
+
+
+UPSTREAM = {"cram": "CrAM+ Multi", "cram_kd": "CrAM+ Multi + KD from the dense upstream model"}
+
+
+def upstream_seed(args, data, model_path, workdir, seed) -> dict:
+    """The upstream path of one seed: the dense upstream teacher, CrAM+ with and without KD from it, each CrAM+
+    model fine-tuned sparse on BBC (labels alone / KD from the teacher's dense BBC fine-tune)."""
+    dense_mlm, mlm = mlm_model(args, data, model_path, workdir, seed=seed, name="mlm-adamw", cram=False)
+    models, scores = {}, {"adamw": mlm}
+    models["cram"], scores["cram"] = mlm_model(
+        args, data, model_path, workdir, seed=seed, name="mlm-cram", cram=True
+    )
+    models["cram_kd"], scores["cram_kd"] = mlm_model(
+        args,
+        data,
+        model_path,
+        workdir,
+        seed=seed,
+        name="mlm-cram-kd",
+        cram=True,
+        teacher=copy.deepcopy(dense_mlm),
+    )
+    for key, s in scores.items():
+        log(f"seed {seed}: upstream {key}: masked-token accuracy {s['accuracy']:.4f}")
+    settings = ev.run_args(args, seed=seed)
+    teacher = classifier_from(dense_mlm, data, workdir, seed=seed, name="up-adamw")
+    log(f"seed {seed}: the dense upstream model fine-tuned dense on BBC, {args.finetune_steps} steps")
+    train(
+        teacher,
+        data.bbc_train,
+        data.tokenizer,
+        settings,
+        name=f"up-adamw-dense-s{seed}",
+        steps=args.finetune_steps,
+        lr=args.finetune_learning_rate,
+        workdir=workdir,
+    )
+    out = {"mlm": scores, "dense_transfer": evaluate(teacher, data.bbc_batches), "students": {}}
+    distill = {"distill_temperature": args.distill_temperature, "distill_hardness": args.distill_hardness}
+    for key, mlm_ in models.items():
+        start = classifier_from(mlm_, data, workdir, seed=seed, name=f"up-{key}")
+        for level in args.upstream_levels:
+            row = {}
+            for variant, kd in (("plain", None), ("kd", teacher)):
+                log(
+                    f"seed {seed}: upstream {key} pruned at {level}, sparse transfer {'with KD' if kd else 'on the labels'}"
+                )
+                r = sparse_finetune(
+                    start,
+                    level,
+                    data.bbc_train,
+                    data.bbc_batches,
+                    data.tokenizer,
+                    settings,
+                    name=f"up-{key}@{level}-{variant}-s{seed}",
+                    workdir=workdir,
+                    teacher=kd,
+                    distill_options=distill,
+                    **pruning_options(args, data),
+                )
+                row[variant] = {**r["finetuned"], "mask_held_exactly": r["mask_held_exactly"]}
+            out["students"].setdefault(key, {})[level] = row
+    return out
+
+
+def merge_earlier(result: dict, path: str) -> None:
+    """Add the students of an earlier run at other levels (same seeds, dense models and settings) to ``result``."""
+    with open(path) as f:
+        earlier = json.load(f)
+    cfg, old = result["config"], earlier["config"]
+    for key in (
+        "seeds",
+        "pruning_method",
+        "finetune_steps",
+        "finetune_learning_rate",
+        "distill_temperature",
+        "distill_hardness",
+        "train_steps",
+        "learning_rate",
+        "cram_rho",
+        "cram_sparsities",
+    ):
+        if old[key] != cfg[key]:
+            raise SystemExit(f"--merge_from: {path} has {key}={old[key]!r}, this run {cfg[key]!r}.")
+    twice = set(old["levels"]) & set(cfg["levels"])
+    if twice:
+        raise SystemExit(f"--merge_from: {path} has the levels {sorted(twice)} too.")
+    for run, before in zip(result["runs"], earlier["runs"]):
+        for key, levels in before["students"].items():
+            run["students"][key].update(levels)
+    order = ["0.5", "0.6", "0.7", "0.8", "0.9"]
+    merged = set(old["levels"]) | set(cfg["levels"])
+    cfg["levels"] = sorted(merged, key=lambda lv: (order.index(lv) if lv in order else len(order), lv))
+    cfg["seconds_merged"] = earlier["seconds"]
+
+
 def kd_gains(result: dict, key: str, level: str) -> list[float]:
     """KD minus labels alone, seed by seed (the two fine-tunes of a seed share the pruned start and data order)."""
     return [
@@ -201,7 +367,91 @@ def kd_gains(result: dict, key: str, level: str) -> list[float]:
 # --- report --------------------------------------------------------------------------------------------------
 
 
+def upstream_gains(result: dict, level: str) -> dict:
+    """Seed by seed: what upstream KD bought (CrAM+ with minus without, per transfer variant) and what
+    downstream KD bought (per upstream model)."""
+    runs = [r["upstream"]["students"] for r in result["runs"]]
+    acc = lambda s, key, variant: s[key][level][variant]["accuracy"]  # noqa: E731
+    return {
+        "upstream KD, labels-only transfer": [
+            acc(s, "cram_kd", "plain") - acc(s, "cram", "plain") for s in runs
+        ],
+        "upstream KD, KD transfer": [acc(s, "cram_kd", "kd") - acc(s, "cram", "kd") for s in runs],
+        **{
+            f"transfer KD, {UPSTREAM[key]}": [acc(s, key, "kd") - acc(s, key, "plain") for s in runs]
+            for key in UPSTREAM
+        },
+    }
+
+
+def upstream_lines(result: dict) -> list[str]:
+    agg, cfg = result["aggregate"]["upstream"], result["config"]
+    levels = cfg["upstream_levels"]
+    lines = [
+        "**The upstream path** — masked LM on Austen, then sparse transfer to BBC News",
+        "",
+        "| upstream model | held-out masked-token accuracy | "
+        + " | ".join(f"BBC at {lv}: sparse FT | BBC at {lv}: sparse FT + KD" for lv in levels)
+        + " |",
+        "|---|---|" + "---|---|" * len(levels),
+        f"| AdamW (dense; the upstream teacher) | {ev.cell(agg['mlm']['adamw']['accuracy'])} | "
+        + " | ".join(f"dense FT: {ev.cell(agg['dense_transfer']['accuracy'])} | —" for _ in levels)
+        + " |",
+    ]
+    for key, name in UPSTREAM.items():
+        cells = [
+            f"{ev.cell(agg['students'][key][lv]['plain']['accuracy'])} | {ev.cell(agg['students'][key][lv]['kd']['accuracy'])}"
+            for lv in levels
+        ]
+        lines.append(f"| {name} | {ev.cell(agg['mlm'][key]['accuracy'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired gains (points, mean ± std over seeds):", ""]
+    lines += ["| level | " + " | ".join(upstream_gains(result, levels[0])) + " |"]
+    lines += ["|---|" + "---|" * len(upstream_gains(result, levels[0]))]
+    for lv in levels:
+        gains = upstream_gains(result, lv)
+        lines.append(f"| {lv} | " + " | ".join(ev.cell(ev.spread(g), 1, 100) for g in gains.values()) + " |")
+    held = all(
+        r["upstream"]["students"][k][lv][v]["mask_held_exactly"]
+        for r in result["runs"]
+        for k in UPSTREAM
+        for lv in levels
+        for v in ("plain", "kd")
+    )
+    lines += [
+        "",
+        f"Masked LM: {cfg['mlm_steps']} steps, batch {cfg['mlm_batch_size']}, lr {cfg['mlm_learning_rate']} "
+        f"(bench_evidence.py's upstream run); upstream KD at temperature {cfg['upstream_distill_temperature']:g}, "
+        f"hardness {cfg['upstream_distill_hardness']:g}, over the masked positions. Transfer: the encoder with the "
+        f"seed's BBC head, pruned ({cfg['pruning_method']}), {cfg['finetune_steps']} steps with the mask kept "
+        f"(held exactly: {'yes' if held else 'NO'}); KD from the dense upstream model's dense BBC fine-tune at "
+        f"temperature {cfg['distill_temperature']:g}, hardness {cfg['distill_hardness']:g}.",
+    ]
+    return lines
+
+
 def markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = []
+    if "dense" in result["aggregate"]:
+        lines += downstream_lines(result)
+    if "upstream" in result["aggregate"]:
+        lines += ["", *upstream_lines(result)]
+    lines += [
+        "",
+        f"Whole run: {result['seconds'] / 60:.1f} min on {cfg['threads']} CPU threads"
+        + (
+            f" (plus {cfg['seconds_merged'] / 60:.1f} min for the levels merged from {cfg['merge_from']})"
+            if cfg.get("merge_from")
+            else ""
+        )
+        + ".",
+        "",
+        f"Command: `{result['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def downstream_lines(result: dict) -> list[str]:
     agg, cfg = result["aggregate"], result["config"]
     lines = [
         "| model | level | " + " | ".join(VARIANTS.values()) + " | KD gain (points) |",
@@ -242,11 +492,9 @@ def markdown(result: dict) -> str:
             f"{{{', '.join(cfg['cram_sparsities'])}}} (bench_evidence.py's settings)"
             + (", partly loaded from --models_dir" if len(sources) > 1 else "")
         )
-        + f". Whole run: {result['seconds'] / 60:.1f} min on {cfg['threads']} CPU threads.",
-        "",
-        f"Command: `{result['command']}`",
+        + ".",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(result: dict, path: str) -> None:
@@ -255,9 +503,22 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [
+        f
+        for key, f in (("dense", downstream_panel), ("upstream", upstream_panel))
+        if key in result["aggregate"]
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        panel(result, ax)
+    fig.tight_layout()
+    ev._save(fig, path)
+    plt.close(fig)
+
+
+def downstream_panel(result: dict, ax) -> None:
     agg, cfg = result["aggregate"], result["config"]
     x, labels = ev._level_axis(cfg["levels"])
-    fig, ax = plt.subplots(figsize=(8.5, 5))
     colors = {"adamw": "tab:blue", "cram": "tab:red"}
     styles = {"pruned": ":", "plain": "--", "kd": "-"}
     sparsities = [lv for lv in cfg["levels"] if not isinstance(parse_level(lv), tuple)]
@@ -297,15 +558,56 @@ def plot(result: dict, path: str) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    ev._save(fig, path)
-    plt.close(fig)
+
+
+def upstream_panel(result: dict, ax) -> None:
+    agg, cfg = result["aggregate"]["upstream"], result["config"]
+    levels = cfg["upstream_levels"]
+    bars = [(key, variant) for key in UPSTREAM for variant in ("plain", "kd")]
+    width = 0.8 / len(bars)
+    for j, (key, variant) in enumerate(bars):
+        stats = [agg["students"][key][lv][variant]["accuracy"] for lv in levels]
+        ax.bar(
+            [i + (j - (len(bars) - 1) / 2) * width for i in range(len(levels))],
+            [s["mean"] for s in stats],
+            width,
+            yerr=ev.min_max_errors(stats),
+            capsize=3,
+            label=f"{UPSTREAM[key]}: {VARIANTS[variant]}",
+        )
+    dense = agg["dense_transfer"]["accuracy"]
+    ax.axhline(
+        dense["mean"], color="black", linewidth=1, label="dense upstream model, dense FT (the KD teacher)"
+    )
+    lows = [
+        agg["students"][k][lv][v]["accuracy"]["min"]
+        for k in UPSTREAM
+        for lv in levels
+        for v in ("plain", "kd")
+    ]
+    ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, dense["max"] + 0.02))
+    ax.set_xticks(range(len(levels)))
+    ax.set_xticklabels(levels)
+    ax.set_xlabel("sparsity of the transferred encoder")
+    ax.set_ylabel("BBC test accuracy after sparse transfer")
+    ax.set_title(
+        f"Upstream path: masked LM on Austen (with / without KD), then sparse transfer; seeds {cfg['seeds']}, "
+        "bars = min-max",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def write_report(result: dict, output_dir: str) -> str:
-    result["aggregate"] = ev.aggregate(
-        {"runs": [{k: r[k] for k in ("seed", "dense", "students")} for r in result["runs"]]}
-    )
+    runs = result["runs"]
+    result["aggregate"] = {}
+    if "students" in runs[0]:
+        result["aggregate"] = ev.aggregate(
+            {"runs": [{k: r[k] for k in ("seed", "dense", "students")} for r in runs]}
+        )
+    if "upstream" in runs[0]:
+        result["aggregate"]["upstream"] = ev.aggregate({"runs": [{"up": r["upstream"]} for r in runs]})["up"]
     return save_report(output_dir, "distill", result, markdown(result), lambda path: plot(result, path))
 
 
@@ -318,8 +620,15 @@ def main(argv=None):
     data = ev.Data(args, model_path)
     log(f"BBC {data.bbc_sizes}; levels {args.levels}, pruning {args.pruning_method}, seeds {args.seeds}")
     command = " ".join(["python", "benchmarks/bench_distill.py", *(sys.argv[1:] if argv is None else argv)])
+    runs = []
     with tempfile.TemporaryDirectory() as workdir:
-        runs = [run_seed(args, data, model_path, workdir, seed) for seed in args.seeds]
+        for seed in args.seeds:
+            run = {"seed": seed}
+            if not args.skip_downstream:
+                run.update(run_seed(args, data, model_path, workdir, seed))
+            if args.upstream:
+                run["upstream"] = upstream_seed(args, data, model_path, workdir, seed)
+            runs.append(run)
     result = {
         "command": command,
         "config": vars(args),
@@ -327,6 +636,8 @@ def main(argv=None):
         "runs": runs,
         "seconds": time.time() - t0,
     }
+    if args.merge_from:
+        merge_earlier(result, args.merge_from)
     table = write_report(result, args.output_dir)
     print(table)
     log(f"done in {result['seconds'] / 60:.1f} min; wrote distill.{{json,md,png}} to {args.output_dir}")
