@@ -371,7 +371,10 @@ def upstream_gains(result: dict, level: str) -> dict:
     """Seed by seed: what upstream KD bought (CrAM+ with minus without, per transfer variant) and what
     downstream KD bought (per upstream model)."""
     runs = [r["upstream"]["students"] for r in result["runs"]]
-    acc = lambda s, key, variant: s[key][level][variant]["accuracy"]  # noqa: E731
+
+    def acc(s, key, variant):
+        return s[key][level][variant]["accuracy"]
+
     return {
         "upstream KD, labels-only transfer": [
             acc(s, "cram_kd", "plain") - acc(s, "cram", "plain") for s in runs

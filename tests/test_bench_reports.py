@@ -187,7 +187,10 @@ def test_schedule_run_modes_are_refused_when_contradictory(capsys):
 
 def _oneshot(dense, layer, glob):
     """SparseGPT per matrix / global accuracy at 0.8 and 2:4 ({level: value} each)."""
-    rows = lambda v: {"dense": {"accuracy": dense}, **{lv: {"accuracy": a} for lv, a in v.items()}}  # noqa: E731
+
+    def rows(v):
+        return {"dense": {"accuracy": dense}, **{lv: {"accuracy": a} for lv, a in v.items()}}
+
     return {"oneshot": {"sparsegpt/layer": rows(layer), "sparsegpt/global": rows(glob)}}
 
 
@@ -247,9 +250,11 @@ def _distill_config(**changes):
 
 def test_upstream_gains_are_paired_seed_by_seed_and_reported(tmp_path):
     def students(plain, kd, plain_up, kd_up):
-        row = lambda p, k: {
-            "0.7": {v: {"accuracy": a, "mask_held_exactly": True} for v, a in (("plain", p), ("kd", k))}
-        }  # noqa: E731
+        def row(p, k):
+            return {
+                "0.7": {v: {"accuracy": a, "mask_held_exactly": True} for v, a in (("plain", p), ("kd", k))}
+            }
+
         return {"cram": row(plain, kd), "cram_kd": row(plain_up, kd_up)}
 
     runs = [
