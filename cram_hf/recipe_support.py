@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -53,7 +53,8 @@ _NOT_METRICS = (
     "model_preparation_time",
     "_samples",
 )
-# What a resumed run must share with the run that wrote the checkpoint.
+# What a resumed run must share with the run that wrote the checkpoint: the update, its schedule (which steps
+# take it) and what it distils from.
 CRAM_SETTINGS = (
     "cram_rho",
     "cram_sparsities",
@@ -62,6 +63,11 @@ CRAM_SETTINGS = (
     "cram_scope",
     "cram_targets",
     "cram_grad_norm",
+    "cram_interval",
+    "cram_probability",
+    "distill_teacher",
+    "distill_temperature",
+    "distill_hardness",
 )
 
 
@@ -289,10 +295,14 @@ class FinetuneConfig(RecipeConfig):
         super().__post_init__()
 
 
+_CRAM_DEFAULTS = {f.name: f.default for f in fields(CrAMConfig) if f.default is not MISSING}
+
+
 def last_checkpoint(args: RecipeConfig) -> Optional[str]:
     """The checkpoint a re-run into ``args.output_dir`` resumes from: its last ``checkpoint-N``, or none (no
     ``--do_train``, ``--overwrite_output_dir``, or ``--resume_from_checkpoint`` given). One written with other
-    CrAM settings is refused: the Trainer would carry on with the old run (a finished one: keep its model)."""
+    CrAM settings (the update, its schedule or its teacher) is refused: the Trainer would carry on with the old
+    run (a finished one: keep its model)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if not args.do_train or args.overwrite_output_dir or args.resume_from_checkpoint is not None:
@@ -331,7 +341,8 @@ def _changed_cram_settings(checkpoint: str, args) -> list[str]:
 
 
 def _setting(args, name: str):
-    value = getattr(args, name, None)
+    # A checkpoint written before a field existed ran with that field's default.
+    value = getattr(args, name, _CRAM_DEFAULTS.get(name))
     if name == "cram_sparsities" and value is not None:
         # Canonical names: older versions stored 0.5 where the current one stores "0.5".
         return [level_name(parse_level(v, name)) for v in value]

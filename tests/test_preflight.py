@@ -13,6 +13,7 @@ import torch
 from conftest import WORDS, make_tiny_tokenizer, tiny_bert_config
 from transformers import BertForMaskedLM
 
+from cram_hf import CrAMConfig
 from cram_hf.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,6 +381,10 @@ def test_rerun_with_other_cram_settings_is_refused_instead_of_resumed(data, tmp_
                 "false",
                 "--cram_targets",
                 r"intermediate\.dense\.weight$",
+                "--cram_interval",
+                "2",
+                "--distill_temperature",
+                "5.5",
             )
         )
     message = str(err.value)
@@ -390,9 +395,12 @@ def test_rerun_with_other_cram_settings_is_refused_instead_of_resumed(data, tmp_
         "cram_sparsities: ['0.5'] -> ['0.5', '2:4']",
         "cram_plus: True -> False",
         "cram_targets: None -> ['intermediate\\\\.dense\\\\.weight$']",
+        "cram_interval: 1 -> 2",
+        "distill_temperature: 2.0 -> 5.5",
     ):
         assert changed in message
     assert "cram_scope" not in message and "cram_grad_norm" not in message  # unchanged ones are not listed
+    assert "cram_probability" not in message and "distill_teacher" not in message
     # The same settings resume; --overwrite_output_dir starts over with the new ones (and saves them).
     run_mlm.main(args(*first))
     run_mlm.main(args(*saving, "--cram_rho", "0.1", "--cram_sparsities", "0.5", "--overwrite_output_dir"))
@@ -434,3 +442,25 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_skips_the_early_check(d
         "run_glue", recipe_args("run_glue", data, tmp_path / "out", "--cram_targets", "no_such_weight")
     )
     check_model_fits(data["model"], ReadsValuesInInit, training_args)  # left to the loaded model
+
+
+def test_a_checkpoint_from_before_a_setting_existed_compares_as_that_settings_default(tmp_path):
+    """training_args.bin of an older version lacks the schedule and distillation fields: it ran with their
+    defaults, so a run with the defaults resumes it and one with other values is refused."""
+    from types import SimpleNamespace
+
+    from cram_hf.recipe_support import CRAM_SETTINGS, _changed_cram_settings
+
+    current = CrAMConfig(output_dir=str(tmp_path / "o"), cram_rho=0.05, cram_sparsities=["0.5"])
+    older = SimpleNamespace(
+        **{
+            n: getattr(current, n)
+            for n in CRAM_SETTINGS
+            if not n.startswith(("cram_interval", "cram_probability", "distill_"))
+        }
+    )
+    (tmp_path / "checkpoint-1").mkdir()
+    torch.save(older, tmp_path / "checkpoint-1" / "training_args.bin")
+    assert _changed_cram_settings(str(tmp_path / "checkpoint-1"), current) == []
+    current.cram_interval = 3
+    assert _changed_cram_settings(str(tmp_path / "checkpoint-1"), current) == ["cram_interval: 1 -> 3"]
