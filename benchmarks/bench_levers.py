@@ -296,6 +296,11 @@ def goal_lines(result: dict) -> list[str]:
     return lines
 
 
+def seeds_run(result: dict) -> list:
+    """The seeds this report covers (a stopped run covers fewer than ``--seeds``)."""
+    return [r["seed"] for r in result["runs"]]
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = [
@@ -307,7 +312,7 @@ def markdown(result: dict) -> str:
         "",
         f"MiniLM-L6 on BBC News (bench_evidence.py's data and settings: {cfg['train_steps']} steps, lr "
         f"{cfg['learning_rate']}, CrAM+ rho {cfg['cram_rho']} at {{{', '.join(cfg['cram_sparsities'])}}}); mean over "
-        f"seeds {cfg['seeds']}, paired differences seed by seed. SparseGPT defaults: damping 0.01, block size 128, "
+        f"seeds {seeds_run(result)}, paired differences seed by seed. SparseGPT defaults: damping 0.01, block size 128, "
         f"{cfg['calibration_samples']} calibration articles. Whole run: {result['seconds'] / 60:.1f} min on "
         f"{cfg['threads']} CPU threads.",
         "",
@@ -365,7 +370,7 @@ def plot(result: dict, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(
-        f"What moves CrAM+'s one-shot gap, MiniLM-L6 on BBC News; mean over seeds {result['config']['seeds']}",
+        f"What moves CrAM+'s one-shot gap, MiniLM-L6 on BBC News; mean over seeds {seeds_run(result)}",
         fontsize=10,
     )
     fig.tight_layout()

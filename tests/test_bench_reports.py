@@ -199,7 +199,7 @@ def levers_result():
     2x steps 0.955 (0.5 below: met). At 2:4 the defaults reach 0.95 (1.0 below, goal 0.5) and damping 0.1
     0.952 (0.8 below: missed by 0.3). AdamW: 0.93 at 0.8 with the defaults, 0.94 / 0.95 at 2x steps."""
     bl = __import__("bench_levers")
-    args = bl.parse_args(["--seeds", "0", "1", "--levels", "0.8", "2:4", "--pruner_levels", "0.8", "2:4"])
+    args = bl.parse_args(["--seeds", "0", "1", "2", "--levels", "0.8", "2:4", "--pruner_levels", "0.8", "2:4"])
     runs = []
     for seed in (0, 1):
         training = {
@@ -321,3 +321,9 @@ def test_merge_adds_an_earlier_runs_levels_and_refuses_other_settings(tmp_path):
         }
         with pytest.raises(SystemExit, match=word):
             bd.merge_earlier(result, str(path))
+
+
+def test_a_stopped_levers_run_reports_the_seeds_it_finished(tmp_path):
+    bl = __import__("bench_levers")
+    table = bl.write_report(levers_result(), str(tmp_path))  # --seeds 0 1 2, two finished
+    assert "mean over seeds [0, 1]," in table
