@@ -190,6 +190,10 @@ def best_of(agg_model: dict, level: str) -> tuple[str, dict]:
     return pruner, agg_model["oneshot"][pruner][level]["accuracy"]
 
 
+def dense_of(agg_model: dict) -> float:
+    return agg_model["oneshot"][TRAINING_PRUNERS[0]]["dense"]["accuracy"]["mean"]
+
+
 def gap_cell(dense: float, stats: dict) -> str:
     return f"{stats['mean']:.3f} ({ev.pts(stats['mean'] - dense)})"
 
@@ -205,7 +209,7 @@ def training_lines(result: dict) -> list[str]:
     ]
     for name, models in agg.items():
         cram = models["cram"]
-        dense = cram["oneshot"][TRAINING_PRUNERS[0]]["dense"]["accuracy"]["mean"]
+        dense = dense_of(cram)
         cells = [gap_cell(dense, best_of(cram, lv)[1]) for lv in levels]
         versus = "—"
         if "adamw" in models:
@@ -221,7 +225,7 @@ def training_lines(result: dict) -> list[str]:
         lines.append(f"| {name} | {steps} | {dense:.3f} | " + " | ".join(cells) + f" | {versus} |")
     adamw_long = agg.get("2x steps", {}).get("adamw")
     if adamw_long:
-        dense = adamw_long["oneshot"][TRAINING_PRUNERS[0]]["dense"]["accuracy"]["mean"]
+        dense = dense_of(adamw_long)
         cells = [gap_cell(dense, best_of(adamw_long, lv)[1]) for lv in levels]
         lines.append(
             f"| (AdamW, 2x steps) | {2 * result['config']['train_steps']} | {dense:.3f} | "
@@ -278,7 +282,7 @@ def goal_lines(result: dict) -> list[str]:
         for name, models in training.items():
             if lv in result["config"]["levels"]:
                 cram = models["cram"]
-                dense = cram["oneshot"][TRAINING_PRUNERS[0]]["dense"]["accuracy"]["mean"]
+                dense = dense_of(cram)
                 candidates.append((name, dense - best_of(cram, lv)[1]["mean"]))
         for name, rows in pruner.items():
             if lv in result["config"]["pruner_levels"] and name != DEFAULT:
@@ -337,11 +341,7 @@ def plot(result: dict, path: str) -> None:
         (
             name,
             {
-                lv: 100
-                * (
-                    best_of(m["cram"], lv)[1]["mean"]
-                    - m["cram"]["oneshot"][TRAINING_PRUNERS[0]]["dense"]["accuracy"]["mean"]
-                )
+                lv: 100 * (best_of(m["cram"], lv)[1]["mean"] - dense_of(m["cram"]))
                 for lv in result["config"]["levels"]
             },
         )
