@@ -29,13 +29,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 
 import bench_distill as bd
 import bench_evidence as ev
-from bench_bbc_transfer import evaluate, log, rewrite_report, save_report, setup_offline_minilm
+from bench_bbc_transfer import evaluate, log, save_report, setup_offline_minilm
 from transformers import DataCollatorWithPadding
 
 from cram_hf.compression import parse_level
@@ -75,7 +76,13 @@ def parse_args(argv=None):
     p.add_argument("--cram_sparsities", nargs="+", default=evidence.cram_sparsities)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: a data subset and a few steps.")
-    p.add_argument("--from_json", default=None, help="Rewrite the report from an earlier levers.json.")
+    p.add_argument(
+        "--from_json",
+        nargs="+",
+        default=None,
+        help="Rewrite the report from earlier levers.json files (several: runs of other seeds with the same "
+        "settings, e.g. one process per seed, reported together); no training.",
+    )
     args = p.parse_args(argv)
     for v in args.levels + args.pruner_levels + args.goal_levels + args.cram_sparsities:
         parse_level(v, "level")
@@ -317,8 +324,8 @@ def markdown(result: dict) -> str:
         f"MiniLM-L6 on BBC News (bench_evidence.py's data and settings: {cfg['train_steps']} steps, lr "
         f"{cfg['learning_rate']}, CrAM+ rho {cfg['cram_rho']} at {{{', '.join(cfg['cram_sparsities'])}}}); mean over "
         f"seeds {seeds_run(result)}, paired differences seed by seed. SparseGPT defaults: damping 0.01, block size 128, "
-        f"{cfg['calibration_samples']} calibration articles. Whole run: {result['seconds'] / 60:.1f} min on "
-        f"{cfg['threads']} CPU threads.",
+        f"{cfg['calibration_samples']} calibration articles. Compute: {result['seconds'] / 60:.1f} min in all, "
+        f"{cfg['threads']} CPU thread(s) per process.",
         "",
         f"Command: `{result['command']}`",
     ]
@@ -385,10 +392,41 @@ def write_report(result: dict, output_dir: str) -> str:
     return save_report(output_dir, "levers", result, markdown(result), lambda path: plot(result, path))
 
 
+# Settings that may differ between runs reported together: which seeds, where, and how fast.
+PER_PROCESS = ("seeds", "output_dir", "threads", "from_json")
+
+
+def combined(paths: list) -> dict:
+    """The runs of several levers.json files with the same settings, seed by seed, as one result."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            results.append(json.load(f))
+    first = results[0]
+    for path, other in zip(paths[1:], results[1:]):
+        for key, value in first["config"].items():
+            if key not in PER_PROCESS and other["config"].get(key) != value:
+                raise SystemExit(
+                    f"--from_json: {path} has {key}={other['config'].get(key)!r}, {paths[0]} {value!r}."
+                )
+    runs = sorted((r for res in results for r in res["runs"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--from_json: a seed appears twice among {seeds}.")
+    return {
+        **first,
+        "command": " ; ".join(res["command"] for res in results),
+        "runs": runs,
+        "seconds": sum(res["seconds"] for res in results),
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
-        return rewrite_report(args.from_json, args.output_dir, write_report)
+        result = combined(args.from_json)
+        print(write_report(result, args.output_dir))
+        return result
     model_path = setup_offline_minilm(args.threads)
     t0 = time.time()
     data = ev.Data(args, model_path)

@@ -199,7 +199,9 @@ def levers_result():
     2x steps 0.955 (0.5 below: met). At 2:4 the defaults reach 0.95 (1.0 below, goal 0.5) and damping 0.1
     0.952 (0.8 below: missed by 0.3). AdamW: 0.93 at 0.8 with the defaults, 0.94 / 0.95 at 2x steps."""
     bl = __import__("bench_levers")
-    args = bl.parse_args(["--seeds", "0", "1", "2", "--levels", "0.8", "2:4", "--pruner_levels", "0.8", "2:4"])
+    args = bl.parse_args(
+        ["--seeds", "0", "1", "2", "--levels", "0.8", "2:4", "--pruner_levels", "0.8", "2:4"]
+    )
     runs = []
     for seed in (0, 1):
         training = {
@@ -327,3 +329,34 @@ def test_a_stopped_levers_run_reports_the_seeds_it_finished(tmp_path):
     bl = __import__("bench_levers")
     table = bl.write_report(levers_result(), str(tmp_path))  # --seeds 0 1 2, two finished
     assert "mean over seeds [0, 1]," in table
+
+
+def test_levers_runs_of_separate_processes_are_reported_together_when_their_settings_match(tmp_path):
+    import json
+
+    bl = __import__("bench_levers")
+    result = levers_result()
+    parts = []
+    for i, run in enumerate(result["runs"]):
+        part = {
+            **result,
+            "config": {**result["config"], "seeds": [run["seed"]], "threads": 1 + i},
+            "runs": [run],
+        }
+        parts.append(tmp_path / f"part{i}.json")
+        parts[-1].write_text(json.dumps(part))
+    merged = bl.combined([str(parts[1]), str(parts[0])])
+    assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["seconds"] == 120.0
+    assert bl.write_report(merged, str(tmp_path)) == bl.write_report(levers_result(), str(tmp_path)).replace(
+        "Compute: 1.0 min", "Compute: 2.0 min"
+    ).replace(
+        "python benchmarks/bench_levers.py",
+        "python benchmarks/bench_levers.py ; python benchmarks/bench_levers.py",
+    )
+    with pytest.raises(SystemExit, match="appears twice"):
+        bl.combined([str(parts[0]), str(parts[0])])
+    other = json.loads(parts[1].read_text())
+    other["config"]["train_steps"] = 50
+    parts[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="train_steps"):
+        bl.combined([str(parts[0]), str(parts[1])])
