@@ -45,7 +45,6 @@ import tempfile
 import time
 
 import bench_evidence as ev
-import torch
 from bench_bbc_transfer import (
     evaluate,
     log,
@@ -55,11 +54,9 @@ from bench_bbc_transfer import (
     sparse_finetune,
     train,
 )
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from cram_hf.compression import parse_level
-from cram_hf.mlm import CrAMTrainerForMaskedLM
-from cram_hf.mlm_data import ReproducibleMLMCollator
 from cram_hf.sweep_options import METHODS as PRUNING_METHODS
 
 VARIANTS = {"pruned": "one-shot", "plain": "sparse FT", "kd": "sparse FT + KD"}
@@ -226,39 +223,25 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
 
 
 def mlm_model(args, data, model_path, workdir, *, seed, name, cram, teacher=None):
-    """MiniLM after continued masked-LM training on Austen (bench_evidence.py's upstream run), distilling from
-    ``teacher`` when given; returns the model and its held-out masked-LM scores."""
-    torch.manual_seed(seed)
-    model = AutoModelForMaskedLM.from_pretrained(model_path)
+    """bench_evidence.py's upstream run, distilling from ``teacher`` when given; returns the model and its
+    held-out masked-LM scores."""
     log(f"seed {seed}: masked LM '{name}', {args.mlm_steps} steps")
     distill = {
         "distill_temperature": args.upstream_distill_temperature,
         "distill_hardness": args.upstream_distill_hardness,
     }
-    train(
-        model,
-        data.mlm_train,
-        data.tokenizer,
-        ev.run_args(args, seed=seed, batch_size=args.mlm_batch_size),
+    model, _ = ev.train_mlm(
+        args,
+        data,
+        model_path,
+        workdir,
+        seed=seed,
         name=f"{name}-s{seed}",
-        steps=args.mlm_steps,
-        lr=args.mlm_learning_rate,
         cram=cram,
-        workdir=workdir,
-        collator=ReproducibleMLMCollator(data.tokenizer, seed=seed),
-        trainer_cls=CrAMTrainerForMaskedLM,
         teacher=teacher,
         distill_options=distill,
     )
     return model, ev.mlm_score(model, data)
-
-
-def classifier_from(mlm, data, workdir, *, seed, name):
-    """The masked-LM encoder with a fresh BBC head (the seed's head, as every BBC run of the seed)."""
-    folder = os.path.join(workdir, f"{name}-s{seed}")
-    mlm.save_pretrained(folder)
-    data.tokenizer.save_pretrained(folder)
-    return ev.bbc_model(data, folder, seed)
 
 
 UPSTREAM = {"cram": "CrAM+ Multi", "cram_kd": "CrAM+ Multi + KD from the dense upstream model"}
@@ -285,7 +268,7 @@ def upstream_seed(args, data, model_path, workdir, seed) -> dict:
     for key, s in scores.items():
         log(f"seed {seed}: upstream {key}: masked-token accuracy {s['accuracy']:.4f}")
     settings = ev.run_args(args, seed=seed)
-    teacher = classifier_from(dense_mlm, data, workdir, seed=seed, name="up-adamw")
+    teacher = ev.classifier_from(dense_mlm, data, workdir, seed=seed, name="up-adamw")
     log(f"seed {seed}: the dense upstream model fine-tuned dense on BBC, {args.finetune_steps} steps")
     train(
         teacher,
@@ -300,7 +283,7 @@ def upstream_seed(args, data, model_path, workdir, seed) -> dict:
     out = {"mlm": scores, "dense_transfer": evaluate(teacher, data.bbc_batches), "students": {}}
     distill = {"distill_temperature": args.distill_temperature, "distill_hardness": args.distill_hardness}
     for key, mlm_ in models.items():
-        start = classifier_from(mlm_, data, workdir, seed=seed, name=f"up-{key}")
+        start = ev.classifier_from(mlm_, data, workdir, seed=seed, name=f"up-{key}")
         for level in args.upstream_levels:
             row = {}
             for variant, kd in (("plain", None), ("kd", teacher)):

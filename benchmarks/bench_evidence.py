@@ -217,9 +217,7 @@ class Data:
         test_set = encode(self.tokenizer, test_docs, args.max_seq_length)
         self.bbc_batches = padded_batches(collate, test_set, 64)
         n = args.calibration_samples
-        # Calibration comes from the training split, never the test set; labels are not model inputs here.
-        unlabelled = [{k: v for k, v in r.items() if k != "labels"} for r in self.bbc_train[:n]]
-        self.bbc_calibration = padded_batches(collate, unlabelled)
+        self.bbc_calibration = self.bbc_calibration_batches(n)
         raw = datasets.load_dataset(
             "text", data_files={"train": AUSTEN["train"], "validation": AUSTEN["eval"]}
         )
@@ -234,18 +232,25 @@ class Data:
         )  # same masks for every model
         self.mlm_sizes = {"train_blocks": len(self.mlm_train), "eval_blocks": len(self.mlm_eval)}
 
+    def bbc_calibration_batches(self, n: int) -> list[dict]:
+        """The first ``n`` training articles as calibration batches: from the training split, never the test
+        set; labels are not model inputs here."""
+        unlabelled = [{k: v for k, v in r.items() if k != "labels"} for r in self.bbc_train[:n]]
+        return padded_batches(DataCollatorWithPadding(self.tokenizer), unlabelled)
+
 
 # --- the experiments -----------------------------------------------------------------------------------------
 
 
-def prune_all(model, levels, pruners, score, calibration, describe) -> dict:
+def prune_all(model, levels, pruners, score, calibration, describe, **options) -> dict:
     """Dense and one-shot results of ``model`` for every pruner and level (the library's one-shot loop; the
-    weights are restored after each), and each pruner's mean pruning time per level."""
+    weights are restored after each), and each pruner's mean pruning time per level. ``options`` (SparseGPT's
+    ``damping``, ``block_size``) go to every calibrated pruner."""
     dense = score(model)
     oneshot, seconds = {}, {}
     for pruner in pruners:
         method, scope = pruner.split("/")
-        extra = {} if method == "magnitude" else {"calibration": calibration}
+        extra = {} if method == "magnitude" else {"calibration": calibration, **options}
         rows = one_shot(
             model,
             levels,
@@ -341,26 +346,35 @@ def mlm_score(model, data) -> dict:
     return {"loss": r["loss"], "accuracy": r["accuracy"]}
 
 
-def upstream(args, data, model_path, workdir, *, seed, cram, pruners=None, cram_options=None, name=None):
-    """Continued MLM on Austen (plain or CrAM+ with ``cram_options``); returns the model and its one-shot
-    results."""
+def train_mlm(args, data, model_path, workdir, *, seed, name, cram, steps=None, **train_options):
+    """MiniLM after continued masked-LM training on Austen (plain or CrAM+; ``train_options``: ``train``'s
+    ``cram_options``, ``callbacks``, ``teacher``, ``distill_options``), with the seed's MLM head and masks;
+    returns the model and the timing."""
     torch.manual_seed(seed)
     model = AutoModelForMaskedLM.from_pretrained(model_path)
-    collator = ReproducibleMLMCollator(data.tokenizer, seed=seed)
-    name = name or f"mlm-{'cram' if cram else 'adamw'}-s{seed}"
     timing = train(
         model,
         data.mlm_train,
         data.tokenizer,
         run_args(args, seed=seed, batch_size=args.mlm_batch_size),
         name=name,
-        steps=args.mlm_steps,
+        steps=args.mlm_steps if steps is None else steps,
         lr=args.mlm_learning_rate,
         cram=cram,
         workdir=workdir,
-        collator=collator,
+        collator=ReproducibleMLMCollator(data.tokenizer, seed=seed),
         trainer_cls=CrAMTrainerForMaskedLM,
-        cram_options=cram_options,
+        **train_options,
+    )
+    return model, timing
+
+
+def upstream(args, data, model_path, workdir, *, seed, cram, pruners=None, cram_options=None, name=None):
+    """Continued MLM on Austen (plain or CrAM+ with ``cram_options``); returns the model and its one-shot
+    results."""
+    name = name or f"mlm-{'cram' if cram else 'adamw'}-s{seed}"
+    model, timing = train_mlm(
+        args, data, model_path, workdir, seed=seed, name=name, cram=cram, cram_options=cram_options
     )
     results = prune_all(
         model,
@@ -373,12 +387,17 @@ def upstream(args, data, model_path, workdir, *, seed, cram, pruners=None, cram_
     return model, {**results, **timing}
 
 
-def transfer(args, data, mlm_model, workdir, *, seed, key):
-    """The upstream model fine-tuned on BBC dense, and pruned at each finetune level with the mask kept."""
-    folder = os.path.join(workdir, f"upstream-{key}-s{seed}")
+def classifier_from(mlm_model, data, workdir, *, seed, name):
+    """The masked-LM encoder with a fresh BBC head (the seed's head, as every BBC run of the seed)."""
+    folder = os.path.join(workdir, f"{name}-s{seed}")
     mlm_model.save_pretrained(folder)
     data.tokenizer.save_pretrained(folder)
-    model = bbc_model(data, folder, seed)
+    return bbc_model(data, folder, seed)
+
+
+def transfer(args, data, mlm_model, workdir, *, seed, key):
+    """The upstream model fine-tuned on BBC dense, and pruned at each finetune level with the mask kept."""
+    model = classifier_from(mlm_model, data, workdir, seed=seed, name=f"upstream-{key}")
     settings = run_args(args, seed=seed)
     out = {}
     for level in args.finetune_levels:

@@ -37,7 +37,6 @@ import time
 import bench_distill as bd
 import bench_evidence as ev
 from bench_bbc_transfer import evaluate, log, save_report, setup_offline_minilm
-from transformers import DataCollatorWithPadding
 
 from cram_hf.compression import parse_level
 
@@ -120,35 +119,24 @@ def pruner_levers(args, data) -> list[tuple[str, dict]]:
         ("block size 32", {"block_size": 32}),
     ]
     if args.more_calibration:
-        collate = DataCollatorWithPadding(data.tokenizer)
-        rows = [
-            {k: v for k, v in r.items() if k != "labels"} for r in data.bbc_train[: args.more_calibration]
-        ]
-        levers.append(
-            (
-                f"{args.more_calibration} calibration articles",
-                {"calibration": ev.padded_batches(collate, rows)},
-            )
-        )
+        more = data.bbc_calibration_batches(args.more_calibration)
+        levers.append((f"{args.more_calibration} calibration articles", {"calibration": more}))
     return levers
 
 
 def sparsegpt_rows(args, data, model, options: dict) -> dict:
     """Dense and per-matrix SparseGPT accuracy at ``--pruner_levels`` with ``options``."""
-    from cram_hf.pruning import one_shot
-
-    dense = evaluate(model, data.bbc_batches)
-    options = {"calibration": data.bbc_calibration, **options}
-    rows = one_shot(
+    options = dict(options)
+    calibration = options.pop("calibration", data.bbc_calibration)
+    return ev.prune_all(
         model,
         args.pruner_levels,
+        ("sparsegpt/layer",),
         lambda m: evaluate(m, data.bbc_batches),
-        scope="layer",
-        method="sparsegpt",
-        on_row=lambda r: log(f"    {r['level']:>4}: accuracy {r['accuracy']:.4f}"),
+        calibration,
+        lambda r: f"accuracy {r['accuracy']:.4f}",
         **options,
-    )
-    return ev.by_level(dense, rows)
+    )["oneshot"]["sparsegpt/layer"]
 
 
 def run_seed(args, data, model_path, workdir, seed) -> dict:
@@ -167,7 +155,11 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
             lambda r: f"accuracy {r['accuracy']:.4f}",
         )
         if key == "cram":
+            known = out["training"][DEFAULT]["cram"]["oneshot"]["sparsegpt/layer"]
             for name, options in pruner_levers(args, data):
+                if name == DEFAULT and set(args.pruner_levels) <= set(known):  # pruned just above
+                    out["pruner"][name] = {lv: known[lv] for lv in ["dense", *args.pruner_levels]}
+                    continue
                 log(f"seed {seed}: {ev.MODELS[key]}, SparseGPT per matrix, {name}")
                 out["pruner"][name] = sparsegpt_rows(args, data, model, options)
         del model

@@ -40,11 +40,19 @@ import time
 from types import SimpleNamespace
 
 from bench_bbc_transfer import log, rewrite_report, save_report, setup_offline_minilm, train
-from bench_evidence import Data, _save, bbc_model, downstream, min_max_errors, run_args, spread, upstream
-from transformers import AutoModelForMaskedLM, TrainerCallback
+from bench_evidence import (
+    Data,
+    _save,
+    bbc_model,
+    downstream,
+    min_max_errors,
+    run_args,
+    spread,
+    train_mlm,
+    upstream,
+)
+from transformers import TrainerCallback
 
-from cram_hf.mlm import CrAMTrainerForMaskedLM
-from cram_hf.mlm_data import ReproducibleMLMCollator
 from cram_hf.schedule import cram_step_due
 
 PRUNERS = ("magnitude/global", "sparsegpt/layer")
@@ -176,30 +184,20 @@ class StepClock(TrainerCallback):
 def _timed_run(args, data, model_path, workdir, *, name, options, mlm) -> float:
     """Seconds per optimizer step of one short run (seed 0) of a setting, BBC or the masked LM."""
     clock = StepClock()
+    common = dict(cram=options is not None, cram_options=options, callbacks=[clock], steps=args.timing_steps)
     if mlm:
-        model = AutoModelForMaskedLM.from_pretrained(model_path)
-        extra = dict(
-            collator=ReproducibleMLMCollator(data.tokenizer, seed=0), trainer_cls=CrAMTrainerForMaskedLM
-        )
-        train_set, settings_ = data.mlm_train, run_args(args, seed=0, batch_size=args.mlm_batch_size)
-        lr = args.mlm_learning_rate
+        train_mlm(args, data, model_path, workdir, seed=0, name=name, **common)
     else:
-        model, extra = bbc_model(data, model_path, 0), {}
-        train_set, settings_, lr = data.bbc_train, run_args(args, seed=0), args.learning_rate
-    train(
-        model,
-        train_set,
-        data.tokenizer,
-        settings_,
-        name=name,
-        steps=args.timing_steps,
-        lr=lr,
-        cram=options is not None,
-        cram_options=options,
-        callbacks=[clock],
-        workdir=workdir,
-        **extra,
-    )
+        train(
+            bbc_model(data, model_path, 0),
+            data.bbc_train,
+            data.tokenizer,
+            run_args(args, seed=0),
+            name=name,
+            lr=args.learning_rate,
+            workdir=workdir,
+            **common,
+        )
     return (clock.end - clock.start) / args.timing_steps
 
 
