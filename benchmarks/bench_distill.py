@@ -64,12 +64,11 @@ VARIANTS = {"pruned": "one-shot", "plain": "sparse FT", "kd": "sparse FT + KD"}
 
 def parse_args(argv=None):
     # The models, data and training settings are bench_evidence.py's, so its saved models can be reused.
-    evidence = ev.parse_args([])
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", default="benchmarks/results/distill")
-    p.add_argument("--seeds", type=int, nargs="+", default=evidence.seeds)
+    ev.add_evidence_arguments(p, "seeds")
     p.add_argument("--levels", nargs="+", default=["0.7", "0.8", "0.9", "2:4"], help="One-shot levels.")
     p.add_argument(
         "--pruning_method",
@@ -77,21 +76,16 @@ def parse_args(argv=None):
         choices=list(PRUNING_METHODS),
         help="magnitude: global ranking; wanda, sparsegpt: uniform per matrix, calibrated.",
     )
-    p.add_argument("--calibration_samples", type=int, default=evidence.calibration_samples)
+    ev.add_evidence_arguments(p, "calibration_samples")
     p.add_argument(
         "--models_dir",
         default=None,
         help="Folder of bench_evidence.py --save_models: bbc-adamw-s{seed} / bbc-cram-s{seed} are loaded from it.",
     )
     g = p.add_argument_group("the dense models, when trained here (bench_evidence.py's defaults)")
-    for name in ("max_seq_length", "batch_size", "train_steps"):
-        g.add_argument(f"--{name}", type=int, default=getattr(evidence, name))
-    for name in ("learning_rate", "weight_decay", "cram_rho"):
-        g.add_argument(f"--{name}", type=float, default=getattr(evidence, name))
-    g.add_argument("--cram_sparsities", nargs="+", default=evidence.cram_sparsities)
+    ev.add_evidence_arguments(g, *ev.TRAINING_OPTIONS)
     g = p.add_argument_group("sparse fine-tuning of the students")
-    g.add_argument("--finetune_steps", type=int, default=evidence.finetune_steps)
-    g.add_argument("--finetune_learning_rate", type=float, default=evidence.finetune_learning_rate)
+    ev.add_evidence_arguments(g, "finetune_steps", "finetune_learning_rate")
     g.add_argument("--distill_temperature", type=float, default=2.0)
     g.add_argument("--distill_hardness", type=float, default=1.0, help="1: KD loss only (oBERT's choice).")
     g = p.add_argument_group("the upstream path (--upstream)")
@@ -100,9 +94,7 @@ def parse_args(argv=None):
     )
     g.add_argument("--skip_downstream", action="store_true", help="With --upstream: the upstream path alone.")
     g.add_argument("--upstream_levels", nargs="+", default=["0.7"], help="Sparse-transfer levels.")
-    for name in ("mlm_steps", "mlm_batch_size"):
-        g.add_argument(f"--{name}", type=int, default=getattr(evidence, name))
-    g.add_argument("--mlm_learning_rate", type=float, default=evidence.mlm_learning_rate)
+    ev.add_evidence_arguments(g, "mlm_steps", "mlm_batch_size", "mlm_learning_rate")
     g.add_argument("--upstream_distill_temperature", type=float, default=5.5)
     g.add_argument("--upstream_distill_hardness", type=float, default=1.0)
     p.add_argument(

@@ -82,6 +82,16 @@ AUSTEN = {
     for split in ("train", "eval")
 }
 MODELS = {"adamw": "AdamW", "cram": "CrAM+ Multi"}
+# The downstream training settings the other benchmarks share with this one (add_evidence_arguments).
+TRAINING_OPTIONS = (
+    "max_seq_length",
+    "batch_size",
+    "train_steps",
+    "learning_rate",
+    "weight_decay",
+    "cram_rho",
+    "cram_sparsities",
+)
 PRUNERS = ("magnitude/global", "magnitude/layer", "wanda/layer", "sparsegpt/layer", "sparsegpt/global")
 PRUNER_NAMES = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 SCOPE_NAMES = {"global": "global", "layer": "per matrix"}
@@ -92,7 +102,7 @@ def pruner_name(pruner: str) -> str:
     return f"{PRUNER_NAMES[method]} ({SCOPE_NAMES[scope]})"
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -148,6 +158,23 @@ def parse_args(argv=None):
     p.add_argument(
         "--from_json", default=None, help="Rewrite tables and plots from an earlier run's json; no training."
     )
+    return p
+
+
+def add_evidence_arguments(group, *names: str) -> None:
+    """Declare the options NAMES on GROUP as this script declares them (type, nargs, default, help).
+
+    The other benchmarks reuse this script's saved models and settings; declaring the options once here
+    keeps their defaults from drifting apart.
+    """
+    actions = {a.dest: a for a in build_parser()._actions}
+    for name in names:
+        a = actions[name]
+        group.add_argument(*a.option_strings, type=a.type, nargs=a.nargs, default=a.default, help=a.help)
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     for v in args.levels + args.finetune_levels + args.cram_sparsities:
         parse_level(v, "level")

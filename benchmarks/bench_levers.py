@@ -45,12 +45,11 @@ DEFAULT = "defaults"
 
 
 def parse_args(argv=None):
-    evidence = ev.parse_args([])
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", default="benchmarks/results/levers")
-    p.add_argument("--seeds", type=int, nargs="+", default=evidence.seeds)
+    ev.add_evidence_arguments(p, "seeds")
     p.add_argument(
         "--levels", nargs="+", default=["0.7", "0.8", "0.9", "2:4"], help="Levels of the training levers."
     )
@@ -67,12 +66,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--models_dir", default=None, help="bench_evidence.py --save_models folder of the default runs."
     )
-    p.add_argument("--calibration_samples", type=int, default=evidence.calibration_samples)
-    for name in ("max_seq_length", "batch_size", "train_steps"):
-        p.add_argument(f"--{name}", type=int, default=getattr(evidence, name))
-    for name in ("learning_rate", "weight_decay", "cram_rho"):
-        p.add_argument(f"--{name}", type=float, default=getattr(evidence, name))
-    p.add_argument("--cram_sparsities", nargs="+", default=evidence.cram_sparsities)
+    ev.add_evidence_arguments(p, "calibration_samples", *ev.TRAINING_OPTIONS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: a data subset and a few steps.")
     p.add_argument(

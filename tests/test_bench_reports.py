@@ -360,3 +360,19 @@ def test_levers_runs_of_separate_processes_are_reported_together_when_their_sett
     parts[1].write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="train_steps"):
         bl.combined([str(parts[0]), str(parts[1])])
+
+
+def test_levers_and_distillation_share_the_evidence_settings_and_can_override_them():
+    import bench_evidence as ev
+
+    bl = __import__("bench_levers")
+    evidence = ev.parse_args([])
+    shared = ("seeds", "calibration_samples", *ev.TRAINING_OPTIONS)
+    for module in (bl, bd):
+        args = module.parse_args([])
+        assert {n: getattr(args, n) for n in shared} == {n: getattr(evidence, n) for n in shared}
+        changed = module.parse_args(
+            ["--train_steps", "7", "--cram_sparsities", "0.5", "2:4", "--cram_rho", "0.2"]
+        )
+        assert (changed.train_steps, changed.cram_sparsities, changed.cram_rho) == (7, ["0.5", "2:4"], 0.2)
+    assert bd.parse_args([]).mlm_learning_rate == evidence.mlm_learning_rate
