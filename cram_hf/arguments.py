@@ -1,5 +1,5 @@
-"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides, and
-how their user errors reach the terminal (one line, no traceback)."""
+"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides, how
+their user errors reach the terminal (one line, no traceback), and how a finished distributed run ends."""
 
 from __future__ import annotations
 
@@ -23,12 +23,31 @@ class UsageError(ValueError):
 
 def run_recipe(main: Callable) -> None:
     """A recipe's ``__main__``: run ``main()``; a :class:`UsageError` is one line on stderr and exit status 2,
-    anything else keeps its traceback."""
+    anything else keeps its traceback. A distributed run that finished leaves its process group together."""
     try:
         main()
     except UsageError as err:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Take down the default process group, if there is one, once every rank is done.
+
+    ``main()`` has returned, so its trainer is garbage; collecting it frees the DDP wrapper that holds the group
+    before the group is destroyed. Left to interpreter shutdown instead, a gloo group can abort a rank whose
+    work is complete (SIGABRT, "terminate called without an active exception") and fail the launch.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _config_to_flags(config: dict, path: str) -> list[str]:

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from transformers import BertForMaskedLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import tiny_bert_config  # noqa: E402
+from conftest import exit_worker, tiny_bert_config  # noqa: E402
 
 from cram_hf import CrAMConfig, CrAMTrainer  # noqa: E402
 
@@ -81,10 +81,8 @@ def main():
             },
             f,
         )
-    # Leave together (see ddp_worker.py): a rank tearing gloo down early can abort the other.
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_worker()

@@ -34,3 +34,42 @@ def test_two_process_ddp_matches_reference_and_keeps_ranks_identical(tmp_path):
     rank0, rank1 = result["schedule_cram_steps"]
     assert rank0 == rank1 and 0 < sum(rank0) < len(rank0)
     assert all(result["schedule_weights_equal"]) and len(result["schedule_weights_equal"]) == len(rank0)
+
+
+def test_a_finished_recipe_frees_its_trainer_before_it_leaves_the_process_group(monkeypatch):
+    """run_recipe: the DDP wrapper main() left behind (in a reference cycle, as a Trainer and its callbacks
+    make) is collected before the group is destroyed, and the group is gone afterwards."""
+    import gc
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cram_hf.arguments import run_recipe
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    gc.disable()  # only run_recipe's own collection may free the cycle
+    try:
+        wrappers = []
+
+        def main():
+            holder = {"model": DistributedDataParallel(torch.nn.Linear(2, 2))}
+            holder["self"] = holder
+            wrappers.append(weakref.ref(holder["model"]))
+
+        destroy, alive_at_destroy = dist.destroy_process_group, []
+
+        def recording_destroy(*args, **kwargs):
+            alive_at_destroy.append(wrappers[0]() is not None)
+            destroy(*args, **kwargs)
+
+        monkeypatch.setattr(dist, "destroy_process_group", recording_destroy)
+        run_recipe(main)
+        assert alive_at_destroy == [False]
+        assert not dist.is_initialized()
+        run_recipe(lambda: None)  # no group: nothing to leave
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            destroy()

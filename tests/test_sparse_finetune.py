@@ -231,34 +231,38 @@ import json, os, sys
 import torch
 import torch.distributed as dist
 sys.path.insert(0, os.environ["TESTS_DIR"])
+from conftest import exit_worker
 from test_sparse_finetune import dataset, make_model, prune_
 from cram_hf import CrAMConfig, CrAMTrainer
 from cram_hf.sparse_finetune import KeepSparsityCallback
 
+
+def check(out):
+    model = make_model()
+    zeros = prune_(model)
+    callback = KeepSparsityCallback.from_model(model)
+    args = CrAMConfig(output_dir=out + "/out", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                      max_steps=4, learning_rate=5e-2, weight_decay=0.1, report_to=[], save_strategy="no",
+                      use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=3, cram_rho=0.05,
+                      cram_sparsities=["0.5", "2:4"])
+    trainer = CrAMTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback])
+    trainer.train()
+    params = dict(model.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if dist.get_rank() == 0:
+        initial = torch.cat([p.reshape(-1) for p in make_model().parameters()])
+        with open(out + "/result.json", "w") as f:
+            json.dump({"world_size": dist.get_world_size(),
+                       "replicas_identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+                       "pattern_kept": all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items()),
+                       "trained": bool((flat != initial).any())}, f)
+
+
 torch.set_num_threads(1)
-model = make_model()
-zeros = prune_(model)
-callback = KeepSparsityCallback.from_model(model)
-args = CrAMConfig(output_dir=sys.argv[1] + "/out", per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                  max_steps=4, learning_rate=5e-2, weight_decay=0.1, report_to=[], save_strategy="no",
-                  use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=3, cram_rho=0.05,
-                  cram_sparsities=["0.5", "2:4"])
-trainer = CrAMTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback])
-trainer.train()
-params = dict(model.named_parameters())
-flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-dist.all_gather(gathered, flat)
-if dist.get_rank() == 0:
-    json.dump({"world_size": dist.get_world_size(),
-               "replicas_identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
-               "pattern_kept": all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items()),
-               "trained": bool((flat != torch.cat([p.reshape(-1) for p in make_model().parameters()])).any())},
-              open(sys.argv[1] + "/result.json", "w"))
-# Leave the group cleanly: a rank that exits with gloo still up can abort ("terminate called without an
-# active exception") while the other is still working.
-dist.barrier()
-dist.destroy_process_group()
+check(sys.argv[1])
+exit_worker()
 """
 
 
