@@ -73,7 +73,7 @@ matrix was the best one-shot pruner for a plainly trained and for a CrAM-trained
 it kept 0.947 / 0.930 / 0.658 at 70 / 80 / 90 % and 0.955 at 2:4 with no extra training; on the CrAM+ model
 0.956 / 0.946 / 0.906 and 0.953 (magnitude: 0.939 / 0.905 / 0.561). CrAM's training (about 2× a plain step)
 paid at 90 %; up to 80 % and at 2:4 a calibrated pruner on a plainly trained model came within 1–2 points.
-Trained twice as long, the CrAM+ model kept 0.944 at 90 %, AdamW with the same doubled steps 0.849 (2 seeds)."""
+Trained twice as long, the CrAM+ model kept 0.944 at 90 %, AdamW with the same doubled steps 0.830."""
 
 
 def _how_pruned(config: dict) -> str:
