@@ -19,8 +19,8 @@ alone (``--timing_only``) when the machine is idle, the accuracy runs (``--timin
 processes as convenient) whenever, then one report from both (``--timing_rounds 0 --timing_from T.json
 --accuracy_from A.json B.json``; no training).
 
-Writes ``schedules.json``, ``schedules.md`` and ``schedules.png`` (cost ratio vs 80 % one-shot accuracy) to
-``--output_dir``.
+Writes ``schedules.json``, ``schedules.md`` and ``schedules.png`` (cost ratio vs 80 % one-shot accuracy; only
+when some run has a cost ratio, i.e. a timing ran or was reused) to ``--output_dir``.
 
     python benchmarks/bench_schedules.py --output_dir benchmarks/results/schedules
 """
@@ -493,20 +493,22 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [
         (exp, ylabel)
         for exp, ylabel in (
             ("downstream", "BBC test accuracy, one-shot 80 % (better pruner)"),
             ("upstream", "Austen masked-token accuracy, one-shot 80 %"),
         )
-        if result["summary"].get(exp)
+        if any(s["cost_ratio"] is not None for s in result["summary"].get(exp, {}).values())
     ]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(7.5 * max(1, len(panels)), 4.8), squeeze=False)
+    if not panels:  # no timing: every point would lack its x, and an empty figure says nothing
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
     for ax, (exp, ylabel) in zip(axes[0], panels):
         for name, s in result["summary"][exp].items():
             pruner, acc = best(s, "0.8")

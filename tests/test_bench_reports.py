@@ -107,6 +107,7 @@ def test_an_accuracy_only_run_reports_and_is_completed_by_a_timing_run(tmp_path)
     table = bs.write_report(result, str(tmp_path))
     assert "| CrAM+ every 4 steps | — | 25% / 25% |" in table and "Target" not in table
     assert (tmp_path / "schedules.json").exists()
+    assert not (tmp_path / "schedules.png").exists()  # no timing: nothing to plot against
 
 
 def test_kd_gain_is_paired_seed_by_seed():
