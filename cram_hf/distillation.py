@@ -154,8 +154,31 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher.eval()
 
 
-def load_teacher(student: nn.Module, name_or_path: str, **from_pretrained_kwargs) -> nn.Module:
-    """The teacher at ``name_or_path`` (a model folder or Hub id), loaded with the student's own model class,
-    so it has the same head, frozen (:func:`freeze`)."""
-    base = student.get_base_model() if callable(getattr(student, "get_base_model", None)) else student  # PEFT
-    return freeze(type(base).from_pretrained(name_or_path, **from_pretrained_kwargs))
+def model_class_of(student: nn.Module) -> type:
+    """The class a teacher for ``student`` is loaded with: the student's own, or, for a PEFT model, that of the
+    model it wraps (so the teacher has the same head)."""
+    base = student.get_base_model() if callable(getattr(student, "get_base_model", None)) else student
+    return type(base)
+
+
+def load_teacher(
+    model_class, name_or_path: str, name: str = "distill_teacher", **from_pretrained_kwargs
+) -> nn.Module:
+    """The teacher at ``name_or_path`` (a model folder or Hub id) loaded with ``model_class`` (a model class or
+    an ``AutoModelFor...`` class), frozen (:func:`freeze`).
+
+    A checkpoint that lacks weights of that class is refused (``ValueError`` naming ``name`` and the weights):
+    ``from_pretrained`` would initialise them at random — a masked-LM checkpoint loaded as a classifier gets a
+    random ``classifier`` and pooler — and the student would be distilled from random logits."""
+    teacher, info = model_class.from_pretrained(
+        name_or_path, output_loading_info=True, **from_pretrained_kwargs
+    )
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ValueError(
+            f"{name}: {name_or_path!r} has no trained weights for {len(missing)} parameter(s) of "
+            f"{type(teacher).__name__} ({shown}); they would start random and the student would learn from random "
+            "logits. Give a teacher trained with this head, e.g. the dense model fine-tuned on this task."
+        )
+    return freeze(teacher)

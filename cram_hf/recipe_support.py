@@ -9,7 +9,7 @@ dataclasses, the checks they make before any work, the training block and the on
   ``--cram_sparsities`` is given (``CrAMConfig`` itself defaults to CrAM on, which suits pre-training, not a
   plain fine-tune);
 * :func:`setup_keep_sparsity` — the mask-keeping callback when the model is sparse;
-* :func:`check_distill_teacher` (before any work) and :func:`load_distill_teacher` — the teacher of
+* :func:`load_distill_teacher` (before any data is tokenized) — the teacher of
   ``--distill_teacher_model_name_or_path`` (the ``distill_*`` fields of ``CrAMConfig``);
 * :class:`GradualPruningArguments` — ``--gradual_sparsity`` & co., gradual magnitude pruning while training:
   :func:`check_gradual_pruning` (before any work) and :func:`gradual_pruning_callback` (once the model is
@@ -500,32 +500,26 @@ def _teacher_hub_kwargs(hub_kwargs: dict) -> dict:
     return {k: v for k, v in hub_kwargs.items() if k != "revision"}
 
 
-def check_distill_teacher(args: CrAMConfig, student_config, **hub_kwargs) -> None:
-    """Before any data or weights are loaded: the teacher's config (``AutoConfig`` of ``args.distill_teacher``)
-    lines up with the student's — vocabulary size, number and order of labels
-    (:func:`~cram_hf.distillation.check_teacher_fits`). ``student_config`` is a config, or the name or path
-    ``AutoConfig`` loads it from (with ``hub_kwargs``). Nothing without a teacher."""
-    if args.distill_teacher is None:
-        return
-    from transformers import AutoConfig
+def load_distill_teacher(args: CrAMConfig, student_config, model_class, **hub_kwargs) -> Optional[nn.Module]:
+    """The teacher of ``args.distill_teacher`` for ``CrAMTrainer(teacher_model=...)``, checked and loaded before
+    any data is tokenized or the student loaded; ``None`` without one.
 
-    if isinstance(student_config, (str, os.PathLike)):
-        student_config = AutoConfig.from_pretrained(student_config, **hub_kwargs)
-    teacher_config = AutoConfig.from_pretrained(args.distill_teacher, **_teacher_hub_kwargs(hub_kwargs))
-    validated(
-        check_teacher_fits,
-        student_config,
-        teacher_config,
-        name="distill_teacher (--distill_teacher_model_name_or_path)",
-    )
-
-
-def load_distill_teacher(student: nn.Module, args: CrAMConfig, **hub_kwargs) -> Optional[nn.Module]:
-    """The teacher of ``args.distill_teacher``, loaded like the student (its model class, the recipe's
-    ``--cache_dir``/``--token``) for ``CrAMTrainer(teacher_model=...)``; ``None`` without one."""
+    First its config: it must line up with ``student_config`` (a config, or the name or path ``AutoConfig``
+    loads it from with ``hub_kwargs``) — vocabulary size, number and order of labels
+    (:func:`~cram_hf.distillation.check_teacher_fits`). Then its weights, with ``model_class`` (the recipe's
+    ``AutoModelFor...``, so the teacher gets the student's head): a checkpoint without that head's weights is
+    refused (:func:`~cram_hf.distillation.load_teacher`)."""
     if args.distill_teacher is None:
         return None
-    return load_teacher(student, args.distill_teacher, **_teacher_hub_kwargs(hub_kwargs))
+    from transformers import AutoConfig
+
+    name = "distill_teacher (--distill_teacher_model_name_or_path)"
+    if isinstance(student_config, (str, os.PathLike)):
+        student_config = AutoConfig.from_pretrained(student_config, **hub_kwargs)
+    teacher_kwargs = _teacher_hub_kwargs(hub_kwargs)
+    teacher_config = AutoConfig.from_pretrained(args.distill_teacher, **teacher_kwargs)
+    validated(check_teacher_fits, student_config, teacher_config, name=name)
+    return validated(load_teacher, model_class, args.distill_teacher, name=name, **teacher_kwargs)
 
 
 def check_model_path(path) -> None:

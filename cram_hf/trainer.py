@@ -19,6 +19,7 @@ from .distillation import (
     distillation_loss,
     freeze,
     load_teacher,
+    model_class_of,
 )
 from .schedule import cram_step_due
 from .targets import default_target_names
@@ -104,7 +105,7 @@ class CrAMTrainer(Trainer):
         if teacher_model is None and self.args.distill_teacher is None:
             return None
         if teacher_model is None:
-            teacher_model = load_teacher(self.model, self.args.distill_teacher)
+            teacher_model = load_teacher(model_class_of(self.model), self.args.distill_teacher)
         elif not isinstance(teacher_model, torch.nn.Module):
             raise TypeError(
                 f"teacher_model: must be a loaded model (an nn.Module), got {type(teacher_model).__name__}; "

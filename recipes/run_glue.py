@@ -54,7 +54,6 @@ from cram_hf.recipe_support import (
     FinetuneConfig,
     GradualPruningArguments,
     SparseTransferArguments,
-    check_distill_teacher,
     check_gradual_pruning,
     check_model_fits,
     check_model_path,
@@ -313,7 +312,7 @@ def main(argv=None):
         config.label2id = {str(v): i for i, v in enumerate(label_list)}
         config.id2label = {i: str(v) for i, v in enumerate(label_list)}
     # The labels are known only now, from the data: the teacher must have them, in this order.
-    check_distill_teacher(training_args, config, **common)
+    teacher = load_distill_teacher(training_args, config, AutoModelForSequenceClassification, **common)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
         use_fast=model_args.use_fast_tokenizer,
@@ -422,7 +421,7 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=data_collator,
         callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
-        teacher_model=load_distill_teacher(model, training_args, **common),
+        teacher_model=teacher,
     )
 
     if training_args.do_train:

@@ -48,7 +48,6 @@ from cram_hf.recipe_support import (
     EvalPruningArguments,
     GradualPruningArguments,
     RecipeConfig,
-    check_distill_teacher,
     check_gradual_pruning,
     check_model_fits,
     evaluate_sparsities,
@@ -273,7 +272,7 @@ def main(argv=None):
         data_args.eval_sparsities or (),
         trust_remote_code=model_args.trust_remote_code,
     )
-    check_distill_teacher(training_args, config, **hub_kwargs(model_args))
+    teacher = load_distill_teacher(training_args, config, AutoModelForMaskedLM, **hub_kwargs(model_args))
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, model_args)
@@ -326,7 +325,7 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=collator,
         callbacks=[gradual] if gradual is not None else None,
-        teacher_model=load_distill_teacher(model, training_args, **hub_kwargs(model_args)),
+        teacher_model=teacher,
     )
 
     if training_args.do_train:

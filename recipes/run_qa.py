@@ -63,7 +63,6 @@ from cram_hf.recipe_support import (
     FinetuneConfig,
     GradualPruningArguments,
     SparseTransferArguments,
-    check_distill_teacher,
     check_gradual_pruning,
     check_model_fits,
     check_model_path,
@@ -211,7 +210,12 @@ def main(argv=None):
         sparse_args.eval_sparsities,
         **common,
     )
-    check_distill_teacher(training_args, model_args.config_name or model_args.model_name_or_path, **common)
+    teacher = load_distill_teacher(
+        training_args,
+        model_args.config_name or model_args.model_name_or_path,
+        AutoModelForQuestionAnswering,
+        **common,
+    )
     set_seed(training_args.seed)
 
     # ---- data, checked before the model is loaded ----
@@ -331,7 +335,7 @@ def main(argv=None):
         post_process=post_process,
         version_2_with_negative=data_args.version_2_with_negative,
         callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
-        teacher_model=load_distill_teacher(model, training_args, **common),
+        teacher_model=teacher,
     )
 
     def save_predictions(prefix, predictions, nbest, diffs):

@@ -419,6 +419,25 @@ def test_a_teacher_that_does_not_line_up_is_refused_at_construction(tmp_path, te
         kd_trainer(tmp_path, student, teacher())
 
 
+def test_a_teacher_checkpoint_without_the_students_head_is_refused(tmp_path):
+    # A masked-LM checkpoint has no classifier (nor pooler): loaded as a classifier they would be random.
+    folder = tmp_path / "mlm-teacher"
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(folder)
+    student = make_model(0)
+    with pytest.raises(
+        ValueError, match=r"^distill_teacher: .*mlm-teacher.*classifier\.bias, classifier\.weight"
+    ):
+        CrAMTrainer(model=student, args=off(tmp_path, distill_teacher=str(folder)), train_dataset=dataset())
+    # The same head, saved: accepted.
+    make_model(1).save_pretrained(tmp_path / "cls-teacher")
+    trainer = CrAMTrainer(
+        model=student,
+        args=off(tmp_path, distill_teacher=str(tmp_path / "cls-teacher")),
+        train_dataset=dataset(),
+    )
+    assert isinstance(trainer.teacher_model, BertForSequenceClassification)
+
+
 def test_a_regression_student_is_refused(tmp_path):
     student = BertForSequenceClassification(tiny_bert_config(num_labels=1))
     with pytest.raises(ValueError, match="^distill_teacher: .*num_labels=1"):
@@ -460,14 +479,27 @@ def test_glue_recipe_distils_from_a_teacher_with_the_same_labels(sparse_model, t
     assert trainer.cram.active and trainer.model.config.id2label == {0: "no", 1: "yes"}
     assert_same_zeros(BertForSequenceClassification.from_pretrained(out), zeros)
 
-    # A teacher of three labels is refused once the labels are read, before the model is loaded.
+    # A teacher of three labels, or a masked LM without a classifier, is refused once the labels are read,
+    # before the model is loaded.
     wrong = save_like(model_dir, BertForSequenceClassification, tmp_path / "wrong", num_labels=3)
+    headless = save_like(model_dir, BertForMaskedLM, tmp_path / "headless", vocab_size=64)  # the student's
     student = unloadable_model(tmp_path / "unloadable")
-    with pytest.raises(ValueError, match="distill_teacher.*num_labels 3"):
-        run_glue.main(
-            ["--model_name_or_path", student, *data, *run, "--distill_teacher_model_name_or_path", wrong]
-            + common_args(tmp_path / "out2", tmp_path / "cache")
-        )
+    for teacher, problem in ((wrong, "num_labels 3"), (headless, "no trained weights .*classifier")):
+        with pytest.raises(
+            ValueError, match=rf"distill_teacher \(--distill_teacher_model_name_or_path\): .*{problem}"
+        ):
+            run_glue.main(
+                [
+                    "--model_name_or_path",
+                    student,
+                    *data,
+                    *run,
+                    "--distill_teacher_model_name_or_path",
+                    teacher,
+                ]
+                + common_args(tmp_path / "out2", tmp_path / "cache")
+            )
+        assert not (tmp_path / "out2").exists()
 
 
 def no_data(*args, **kwargs):
