@@ -67,9 +67,17 @@ def wanda_mask(weight: torch.Tensor, input_sq_sum: torch.Tensor, level: Level, k
     """Bool mask of the weights Wanda prunes (``True`` = pruned): the lowest ``|W_ij| · ‖X_j‖`` per row,
     ``k`` in all (spread evenly over rows), or the N:M pattern of those scores."""
     scores = weight.detach().abs().float() * input_sq_sum.float().sqrt().unsqueeze(0)
+    # Weights already zero go first (a dead input scores 0 too), so they count toward the level.
+    scores.masked_fill_(weight.detach() == 0, -1.0)
     if isinstance(level, tuple):
         return _nm_prune_mask(scores, *level)
     return _lowest_k_per_row(scores, _row_counts(*scores.shape, k, scores.device))
+
+
+def _lowest_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the ``k`` lowest entries of ``scores`` (any shape; ``k`` a 0-d tensor, so that no count is
+    read back to the host; ties: lower index first)."""
+    return _lowest_k_per_row(scores.reshape(1, -1), k.reshape(1)).view(scores.shape)
 
 
 @torch.no_grad()
@@ -85,7 +93,13 @@ def sparsegpt_prune_(
     """Prune ``weight[out, in]`` in place with SparseGPT and return the bool mask of pruned entries.
 
     ``hessian``: ``X Xᵀ`` of the inputs (``[in, in]``, any positive scale). ``k`` weights are pruned in all
-    for an unstructured level (spread over the blocks of columns in proportion to their size).
+    for an unstructured level.
+
+    Pruning never revives a weight: entries that are already zero (and those of inputs the calibration data
+    never feed, zeroed as in the reference implementation) are pruned first and count toward ``k``
+    (the OBS update of the other columns would otherwise make them nonzero again). The ``k − zeros`` others
+    are spread over the blocks of columns in proportion to their size; with more zeros than ``k``, only the
+    zeros are pruned. N:M: the zeros of a group count toward its ``M − N``.
     """
     rows, cols = weight.shape
     if isinstance(level, tuple) and block_size % level[1]:
@@ -95,26 +109,28 @@ def sparsegpt_prune_(
     dead = torch.diagonal(H) == 0  # inputs that never fire: no information, prune them freely
     H.diagonal().masked_fill_(dead, 1.0)
     W.masked_fill_(dead.unsqueeze(0), 0.0)
+    zero = W == 0  # pruned before, or fed by a dead input: they stay pruned
     H.diagonal().add_(damping * torch.diagonal(H).mean())
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     pruned = torch.zeros_like(W, dtype=torch.bool)
-    done = 0  # weights pruned so far, so that the block quotas add up to exactly k
+    free = (k - zero.sum()).clamp(min=0)  # weights to prune beyond the zeros (a tensor: no host read)
+    done = torch.zeros((), dtype=torch.long, device=W.device)  # of them pruned so far, so the quotas add up
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        W1, hinv1, zero1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2], zero[:, i1:i2]
         err1 = torch.zeros_like(W1)
         diag = torch.diagonal(hinv1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = zero1.clone()
         if not isinstance(level, tuple):
-            quota = round(k * i2 / cols) - done
-            done += quota
-            if quota:
-                scores = (W1**2 / diag.unsqueeze(0) ** 2).flatten()
-                mask1.view(-1)[torch.topk(scores, quota, largest=False, sorted=False).indices] = True
+            quota = torch.div(free * i2 + cols // 2, cols, rounding_mode="floor") - done
+            scores = (W1**2 / diag.unsqueeze(0) ** 2).masked_fill(zero1, float("inf"))
+            mask1 |= _lowest_k(scores, quota)
+            done += (mask1 & ~zero1).sum()
         for j in range(i2 - i1):
             if isinstance(level, tuple) and j % level[1] == 0:
                 n, m = level
-                mask1[:, j : j + m] = _nm_prune_mask(W1[:, j : j + m] ** 2 / diag[j : j + m] ** 2, n, m)
+                scores = (W1[:, j : j + m] ** 2 / diag[j : j + m] ** 2).masked_fill(zero1[:, j : j + m], -1.0)
+                mask1[:, j : j + m] |= _nm_prune_mask(scores, n, m)
             w, d = W1[:, j], diag[j]
             q = w.masked_fill(mask1[:, j], 0.0)
             err = (w - q) / d

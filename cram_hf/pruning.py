@@ -9,6 +9,8 @@ every kept weight stays bit-for-bit what it was. ``sparsity_report`` reads the s
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -19,6 +21,8 @@ from torch import nn
 from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
 from .compression import num_pruned as num_pruned_of
 from .targets import Patterns, target_names, validate_patterns
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,7 +135,25 @@ def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets:
     params = dict(model.named_parameters())
     for n in names:
         check_nm_shape(params[n].shape, level, n)
+    _check_reachable(params, names, level)
     return level, names
+
+
+def _check_reachable(params: dict, names: Sequence[str], level) -> None:
+    """Pruning never revives a weight: the zeros the targets already hold count toward the level, so an
+    unstructured level below their sparsity cannot be reached and is refused (0, "prune nothing", is not). A
+    skeleton on the meta device has no values to count."""
+    if isinstance(level, tuple) or level == 0 or any(params[n].is_meta for n in names):
+        return
+    zeros = sum(_zeros(params[n]) for n in names)
+    numel = sum(params[n].numel() for n in names)
+    if zeros > num_pruned_of(numel, level):
+        current = zeros / numel
+        raise ValueError(
+            f"sparsity: {level_name(level)} is below the sparsity the target weights already have "
+            f"({current:.4f}: {zeros:,} of {numel:,} are zero). Pruning never revives a weight; give a level "
+            f">= {current:.4f}, an N:M pattern, or 0 to leave the model as it is."
+        )
 
 
 def check_levels_fit(
@@ -244,7 +266,27 @@ def prune(
         "apply": t3 - t2,
         "total": time.perf_counter() - t0,
     }
+    _state_zeros_kept(report, level)
     return report
+
+
+def _state_zeros_kept(report: SparsityReport, level) -> None:
+    """Say so when the targets end sparser than the level: zeros they held before were kept (never revived),
+    e.g. a matrix already sparser than a per-matrix level, or groups with more zeros than N:M asks for."""
+    s = level_sparsity(level)
+    # The larger of the global and the per-matrix count: the two roundings differ by a few weights.
+    level_zeros = max(
+        num_pruned_of(report.target_numel, s),
+        sum(num_pruned_of(math.prod(m["shape"]), s) for m in report.per_matrix.values()),
+    )
+    if report.target_zeros > level_zeros:
+        logger.warning(
+            "%s: %s target weights were zero beyond what the level prunes (zeros are never revived): the targets "
+            "are %.2f %% sparse.",
+            level_name(level),
+            f"{report.target_zeros - level_zeros:,}",
+            100 * report.target_sparsity,
+        )
 
 
 def _prune_calibrated(
@@ -263,17 +305,18 @@ def _prune_calibrated(
             del masks
     t1 = time.perf_counter()
     batches = list(calibration)
-    prune_calibrated(
-        model,
-        names,
-        counts,
-        level,
-        method,
-        batches,
-        damping=damping,
-        block_size=block_size,
-        progress=progress,
-    )
+    if level != 0:  # 0 prunes nothing, whatever the method
+        prune_calibrated(
+            model,
+            names,
+            counts,
+            level,
+            method,
+            batches,
+            damping=damping,
+            block_size=block_size,
+            progress=progress,
+        )
     report = sparsity_report_for(
         model,
         names,
@@ -288,6 +331,7 @@ def _prune_calibrated(
     report.method_params = {"damping": damping, "block_size": block_size} if method == "sparsegpt" else {}
     report.method_params["calibration_batches"] = len(batches)
     report.seconds = {"allocate": t1 - t0, "total": time.perf_counter() - t0}
+    _state_zeros_kept(report, level)
     return report
 
 

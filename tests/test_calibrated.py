@@ -51,7 +51,9 @@ def test_wanda_spreads_an_uneven_count_over_rows_exactly_and_does_nm():
 def naive_obs(w, x, k, damping=0.01, nm=None):
     """Column-by-column optimal brain surgeon with the inverse of the *remaining* columns' Hessian at every
     step (no Cholesky trick, no blocks). The mask is chosen up front from w²/[H⁻¹]_jj (or per N:M group when
-    the group is reached), as SparseGPT does inside one block."""
+    the group is reached), as SparseGPT does inside one block. Entries of ``w`` that are zero are pruned
+    whatever their score, and count toward ``k`` (toward M - N in their group)."""
+    zero = w == 0
     w = w.double().clone()
     h = (x.t() @ x).double()
     h += damping * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
@@ -59,13 +61,16 @@ def naive_obs(w, x, k, damping=0.01, nm=None):
     diag = torch.tensor([float(torch.linalg.inv(h[j:, j:])[0, 0]) for j in range(cols)], dtype=h.dtype)
     pruned = torch.zeros_like(w, dtype=torch.bool)
     if nm is None:
-        scores = (w**2 / diag).flatten()
-        pruned.view(-1)[torch.argsort(scores)[:k]] = True
+        others = [i for i in torch.argsort((w**2 / diag).flatten()).tolist() if not zero.view(-1)[i]]
+        pruned.view(-1)[others[: max(k - int(zero.sum()), 0)]] = True
+    pruned |= zero
     for j in range(cols):
         if nm is not None and j % nm[1] == 0:
-            group = w[:, j : j + nm[1]] ** 2 / diag[j : j + nm[1]]
-            low = torch.argsort(group, dim=1)[:, : nm[1] - nm[0]]
-            pruned[:, j : j + nm[1]].scatter_(1, low, True)
+            for r in range(w.shape[0]):
+                group = (w[r, j : j + nm[1]] ** 2 / diag[j : j + nm[1]]).tolist()
+                slots = [c for c in range(nm[1]) if not zero[r, j + c]]
+                for c in sorted(slots, key=group.__getitem__)[: nm[1] - nm[0] - (nm[1] - len(slots))]:
+                    pruned[r, j + c] = True
         hinv = torch.linalg.inv(h[j:, j:])
         err = torch.where(pruned[:, j], w[:, j], torch.zeros_like(w[:, j])) / hinv[0, 0]
         w[:, j:] -= err.unsqueeze(1) * hinv[0].unsqueeze(0)
@@ -82,6 +87,28 @@ def test_sparsegpt_equals_a_straightforward_column_by_column_obs(level, k):
     mask = sparsegpt_prune_(got, x.t() @ x, level, k, block_size=16)  # one block: same mask rule
     assert torch.equal(mask, expected_mask)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("level,k", [(0.5, 48), (0.75, 72), (0.2, 19), ((2, 4), 0)])
+def test_sparsegpt_never_revives_a_zero_and_counts_it_toward_the_level(level, k):
+    # 30 % already pruned (the OBS update of later columns would make them nonzero again); at 0.2 the 29 zeros
+    # are more than k = 19: only they are pruned.
+    gen = torch.Generator().manual_seed(6)
+    w, x = torch.randn(6, 16, generator=gen), correlated_inputs()
+    w.view(-1)[torch.randperm(96, generator=gen)[:29]] = 0.0
+    expected, expected_mask = naive_obs(w, x, k, nm=level if isinstance(level, tuple) else None)
+    got = w.clone()
+    mask = sparsegpt_prune_(got, x.t() @ x, level, k, block_size=16)
+    assert torch.equal(mask, expected_mask) and bool(mask[w == 0].all())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    blocked = w.clone()  # in blocks too
+    sparsegpt_prune_(blocked, x.t() @ x, level, k, block_size=4)
+    for result in (got, blocked):
+        assert bool((result[w == 0] == 0).all())
+        if isinstance(level, tuple):
+            assert satisfies_nm(result, *level)
+        else:
+            assert int((result == 0).sum()) == max(k, 29)  # exact, the zeros included
 
 
 def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude_and_counts_exactly():
@@ -231,6 +258,36 @@ def test_the_pruners_read_nothing_back_to_the_host(setup):
             list(m.parameters())
         )  # the report counts zeros per tensor
         assert reads.total <= forward_reads.total * 3 + measure, reads.by_op
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_re_pruning_a_sparse_model_never_revives_a_weight(setup, method, caplog):
+    model, _, batches = setup
+    sparse = copy.deepcopy(model)
+    prune(sparse, 0.8)  # global magnitude: matrices end more and less sparse than 80 %
+    names = default_target_names(sparse)
+    zero_before = {n: p.detach() == 0 for n, p in sparse.named_parameters() if n in names}
+    calibration = {} if method == "magnitude" else {"calibration": batches}
+    for level, scope in (("2:4", "global"), (0.85, "layer"), (0.85, "global")):
+        pruned = copy.deepcopy(sparse)
+        report = prune(pruned, level, scope=scope, method=method, **calibration)
+        params = dict(pruned.named_parameters())
+        assert all(bool((params[n][zero_before[n]] == 0).all()) for n in names), (level, scope)
+        if level == 0.85:  # the zeros count toward the level: never below it, exact where it can be
+            assert report.target_sparsity >= 0.85 - 1e-6
+            if scope == "global" and method != "wanda":  # Wanda's quotas are per row: a row keeps its zeros
+                assert report.target_zeros == round(0.85 * report.target_numel)
+        else:
+            assert all(satisfies_nm(params[n], 2, 4) for n in names)
+    # A 2:4 model keeps at most 2 of 4 by the pattern, more zeros where the 80 % model had them: stated.
+    assert "zeros are never revived" in caplog.text
+    # A level below the sparsity it already has cannot be reached: refused before anything changes.
+    with pytest.raises(ValueError, match=r"^sparsity: 0.7 is below the sparsity .* \(0.8000: .* >= 0.8000,"):
+        prune(sparse, 0.7, method=method, **calibration)
+    prune(sparse, 0.0, method=method, **calibration)  # 0: the model as it is
+    assert all(
+        bool((p.detach() == 0).eq(zero_before[n]).all()) for n, p in sparse.named_parameters() if n in names
+    )
 
 
 def test_refusals(setup):

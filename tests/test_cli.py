@@ -332,6 +332,41 @@ def test_sweep_refusals(models, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_sparse_checkpoint_is_never_un_pruned(models, tmp_path, capsys, monkeypatch):
+    from cram_hf.targets import default_target_names
+
+    sparse = tmp_path / "sparse80"
+    assert main(["prune", str(models["mlm_a"]), "--sparsity", "0.8", "--output_dir", str(sparse)]) == 0
+    zero = {n: p == 0 for n, p in _state(sparse).items()}
+    # SparseGPT to 2:4 from the 80 % checkpoint: every zero stays zero (it used to revive them).
+    calib = ["--method", "sparsegpt", "--calibration_file", str(models["text"])]
+    out = tmp_path / "sparse24"
+    assert main(["prune", str(sparse), "--sparsity", "2:4", *calib, "--output_dir", str(out)]) == 0
+    pruned = _state(out)
+    names = default_target_names(AutoModelForMaskedLM.from_pretrained(out))
+    assert all(bool((pruned[n][zero[n]] == 0).all()) for n in names)
+    # A level below 80 %: refused, by prune once loaded, by the sweep from the checkpoint's record before
+    # any model loads.
+    capsys.readouterr()
+    assert main(["prune", str(sparse), "--sparsity", "0.7", *calib, "--output_dir", str(tmp_path / "o")]) == 2
+    assert (
+        "sparsity: 0.7 is below the sparsity the target weights already have (0.8000"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setattr("cram_hf.sweep._load_model", None)  # would raise TypeError if called
+    sweep = [
+        "sweep",
+        str(sparse),
+        "--validation_file",
+        str(models["text"]),
+        "--output_dir",
+        str(tmp_path / "s"),
+    ]
+    assert main(sweep + ["--sparsities", "0", "0.5", "0.6", "0.9", "2:4"]) == 2
+    assert "--sparsities: 0.5, 0.6 below the sparsity model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
 def test_classification_sweep_of_an_encoder_without_head_uses_the_data_classes(models, tmp_path):
     from transformers import BertModel
 
