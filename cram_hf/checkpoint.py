@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compression import level_sparsity, parse_level
+from .compression import level_name, level_sparsity, parse_level
 from .files import replacing, write_json
-from .pruning import SparsityReport, satisfies_nm, sparsity_report, sparsity_report_for
+from .pruning import SparsityReport, reachable, satisfies_nm, sparsity_report, sparsity_report_for
 from .targets import resolve_parameter_names
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,28 @@ def read_sparsity_config(path, required: bool = True) -> Optional[dict]:
     if not isinstance(config, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}.")
     return config
+
+
+def check_levels_reachable(path, levels, targets=None, *, levels_name: str = "sparsities") -> None:
+    """Before a sparse checkpoint loads, from its own record of its sparsity: an unstructured level below it
+    cannot be reached, since pruning never revives a weight (``prune`` refuses it once the model is loaded,
+    which is what happens to a folder without a record, or with other targets)."""
+    record = read_sparsity_config(path, required=False) if path and os.path.isdir(path) else None
+    achieved = (record or {}).get("achieved") or {}
+    if not achieved.get("target_numel") or (record.get("target_patterns") or None) != (targets or None):
+        return
+    zeros, numel = achieved["target_zeros"], achieved["target_numel"]
+    below = []
+    for value in levels:
+        level = parse_level(value, levels_name)
+        if not reachable(level, zeros, numel):
+            below.append(level_name(level))
+    if below:
+        raise ValueError(
+            f"{levels_name}: {', '.join(below)} below the sparsity model {os.fspath(path)!r} already has "
+            f"({zeros / numel:.4f}, its {SPARSITY_CONFIG}). Pruning never revives a weight; give levels >= "
+            f"{zeros / numel:.4f}, N:M patterns, or 0 for the model as it is."
+        )
 
 
 # ------------------------------------------------------------------------------------------------ save

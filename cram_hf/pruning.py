@@ -135,19 +135,30 @@ def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets:
     params = dict(model.named_parameters())
     for n in names:
         check_nm_shape(params[n].shape, level, n)
-    _check_reachable(params, names, level)
+    _check_reachable(model, names, level)
     return level, names
 
 
-def _check_reachable(params: dict, names: Sequence[str], level) -> None:
-    """Pruning never revives a weight: the zeros the targets already hold count toward the level, so an
-    unstructured level below their sparsity cannot be reached and is refused (0, "prune nothing", is not). A
-    skeleton on the meta device has no values to count."""
-    if isinstance(level, tuple) or level == 0 or any(params[n].is_meta for n in names):
+def reachable(level, zeros: int, numel: int) -> bool:
+    """Whether pruning can reach ``level`` on targets of ``numel`` weights of which ``zeros`` are zero
+    already: pruning never revives a weight, so an unstructured level must zero at least that many (0,
+    "prune nothing", and N:M patterns always can)."""
+    return isinstance(level, tuple) or level == 0 or num_pruned_of(numel, level) >= zeros
+
+
+def target_zeros(model: nn.Module, names: Sequence[str]) -> tuple[int, int]:
+    """``(zeros, numel)`` of the target matrices ``names``."""
+    params = dict(model.named_parameters())
+    return sum(_zeros(params[n]) for n in names), sum(params[n].numel() for n in names)
+
+
+def _check_reachable(model: nn.Module, names: Sequence[str], level) -> None:
+    """Refuse a level the targets' zeros make unreachable (:func:`reachable`). A skeleton on the meta device
+    has no values to count."""
+    if isinstance(level, tuple) or level == 0 or any(p.is_meta for p in model.parameters()):
         return
-    zeros = sum(_zeros(params[n]) for n in names)
-    numel = sum(params[n].numel() for n in names)
-    if zeros > num_pruned_of(numel, level):
+    zeros, numel = target_zeros(model, names)
+    if not reachable(level, zeros, numel):
         current = zeros / numel
         raise ValueError(
             f"sparsity: {level_name(level)} is below the sparsity the target weights already have "

@@ -35,7 +35,7 @@ from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .distillation import check_teacher_fits, load_teacher
 from .files import check_not_empty, write_json
 from .gradual import GradualPruningCallback, _sparsity
-from .pruning import format_one_shot_table, one_shot
+from .pruning import format_one_shot_table, one_shot, reachable, target_zeros
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback, target_sparsity
 from .sweep_options import METHODS
 from .targets import Patterns, target_names
@@ -349,14 +349,33 @@ def _setting(args, name: str):
     return value
 
 
-def check_model_fits(config, model_class, args: CrAMConfig, eval_levels: Sequence = (), **hub_kwargs) -> None:
+def check_model_fits(
+    config,
+    model_class,
+    args: CrAMConfig,
+    eval_levels: Sequence = (),
+    *,
+    kept_zeros_of: Optional[str] = None,
+    **hub_kwargs,
+) -> None:
     """Before data or weights are loaded: ``--cram_targets`` match parameters of ``model_class`` built from
     ``config`` (a meta-device skeleton, no weights read) and every N:M level of ``--cram_sparsities`` and
     ``--eval_sparsities`` divides the targets' input dimensions. ``config`` is a config, or the name or path
-    ``AutoConfig`` loads it from (with ``hub_kwargs``), only when there is something to check."""
-    from .checkpoint import meta_model
+    ``AutoConfig`` loads it from (with ``hub_kwargs``), only when there is something to check.
+    ``kept_zeros_of``: the sparse checkpoint a run starts from and whose zeros it keeps; an
+    ``--eval_sparsities`` level below its recorded sparsity cannot be reached after training, and is refused
+    now rather than then (:func:`~cram_hf.checkpoint.check_levels_reachable`)."""
+    from .checkpoint import check_levels_reachable, meta_model
     from .pruning import check_levels_fit
 
+    if kept_zeros_of is not None:
+        validated(
+            check_levels_reachable,
+            kept_zeros_of,
+            eval_levels,
+            args.cram_targets,
+            levels_name="eval_sparsities",
+        )
     if args.cram_targets is None and not args.cram_sparsities and not eval_levels:
         return  # nothing is pruned and no regex given: the targets are not needed
     if isinstance(config, (str, os.PathLike)):
@@ -560,9 +579,19 @@ def evaluate_sparsities(
     restore): prints the table and writes ``eval_sparsities.json`` in ``output_dir``. ``dense_metrics`` saves
     re-evaluating the unpruned model."""
     dense = quality_metrics(dense_metrics if dense_metrics is not None else evaluate())
+    levels = parse_levels(levels, "eval_sparsities")
+    zeros, numel = target_zeros(model, target_names(model, targets, name="cram_targets"))
+    skipped = [level_name(lv) for lv in levels if not reachable(lv, zeros, numel)]
+    if skipped:  # after training, a table without them beats no table
+        logger.warning(
+            "eval_sparsities: %s skipped, below the sparsity the fine-tuned model has (%.4f); pruning never "
+            "revives a weight.",
+            ", ".join(skipped),
+            zeros / numel,
+        )
     rows = one_shot(
         model,
-        parse_levels(levels, "eval_sparsities"),
+        [lv for lv in levels if reachable(lv, zeros, numel)],
         lambda _: quality_metrics(evaluate()),
         scope=scope,
         targets=targets,

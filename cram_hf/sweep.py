@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .compression import Level, level_name, level_sparsity, num_pruned
+from .compression import Level, level_name, level_sparsity
 from .files import check_not_empty
 from .pruning import (
     check_levels_fit,
@@ -70,7 +70,7 @@ def check_levels_fit_models(models: Sequence[str], levels: Sequence[Level], task
     skeletons built from the configs, before any model is loaded or level evaluated."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from .checkpoint import meta_model
+    from .checkpoint import check_levels_reachable, meta_model
 
     cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
     for path in models:
@@ -85,33 +85,7 @@ def check_levels_fit_models(models: Sequence[str], levels: Sequence[Level], task
             check_levels_fit(skeleton, levels, targets, levels_name="--sparsities", targets_name="--targets")
         except ValueError as err:
             raise ValueError(f"{str(err).rstrip('.')} (model {path!r}).") from None
-        _check_levels_reachable(path, levels, targets)
-
-
-def _check_levels_reachable(path: str, levels: Sequence[Level], targets) -> None:
-    """A sparse checkpoint's own record of its sparsity, read before it loads: an unstructured level below it
-    cannot be reached, since pruning never revives a weight (``prune`` refuses it once the model is loaded,
-    which is what happens to a folder without a record)."""
-    from .checkpoint import SPARSITY_CONFIG, read_sparsity_config
-
-    record = read_sparsity_config(path, required=False) if os.path.isdir(path) else None
-    achieved = (record or {}).get("achieved") or {}
-    if not achieved.get("target_numel") or (record.get("target_patterns") or None) != (targets or None):
-        return
-    current = achieved["target_zeros"] / achieved["target_numel"]
-    below = [
-        level_name(lv)
-        for lv in levels
-        if not isinstance(lv, tuple)
-        and lv > 0
-        and num_pruned(achieved["target_numel"], lv) < achieved["target_zeros"]
-    ]
-    if below:
-        raise ValueError(
-            f"--sparsities: {', '.join(below)} below the sparsity model {path!r} already has ({current:.4f}, its "
-            f"{SPARSITY_CONFIG}). Pruning never revives a weight; give levels >= {current:.4f}, N:M patterns, "
-            "or 0 for the model as it is."
-        )
+        check_levels_reachable(path, levels, targets, levels_name="--sparsities")
 
 
 def check_metric(metric: Optional[str], task: str) -> str:

@@ -246,6 +246,7 @@ def main(argv=None):
         AutoModelForSequenceClassification,
         training_args,
         sparse_args.eval_sparsities,
+        kept_zeros_of=None if sparse_args.keep_sparsity is False else model_args.model_name_or_path,
         **common,
     )
     set_seed(training_args.seed)

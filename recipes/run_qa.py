@@ -208,6 +208,7 @@ def main(argv=None):
         AutoModelForQuestionAnswering,
         training_args,
         sparse_args.eval_sparsities,
+        kept_zeros_of=None if sparse_args.keep_sparsity is False else model_args.model_name_or_path,
         **common,
     )
     teacher = load_distill_teacher(

@@ -252,6 +252,44 @@ def unloadable_model(directory):
     return str(directory)
 
 
+def test_glue_one_shot_levels_below_the_kept_sparsity(sparse_model, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    from cram_hf import save_sparse, sparsity_report
+
+    model_dir, _ = sparse_model
+    write_pairs_csv(tmp_path / "train.csv", 16, 0)
+    write_pairs_csv(tmp_path / "dev.csv", 8, 1)
+    data = ["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "dev.csv")]
+    run = ["--do_train", "--do_eval", "--max_steps", "1", "--max_seq_length", "16", "--eval_sparsities"]
+    # A 70 % checkpoint with no sparsity_config.json: 0.5 is found unreachable after training, skipped, stated.
+    out = tmp_path / "out"
+    run_glue.main(
+        ["--model_name_or_path", model_dir, *data, *run, "0.5", "0.8", *common_args(out, tmp_path / "c")]
+    )
+    table = json.loads((out / "eval_sparsities.json").read_text())
+    assert [r["level"] for r in table["levels"]] == ["0.8"]
+    assert "eval_sparsities: 0.5 skipped, below the sparsity the fine-tuned model has (0.7000)" in caplog.text
+    # With its record, the same is refused before any data or weights are read, and nothing is written.
+    recorded = tmp_path / "recorded"
+    model = BertForMaskedLM.from_pretrained(model_dir)
+    save_sparse(
+        model, recorded, tokenizer=AutoTokenizer.from_pretrained(model_dir), report=sparsity_report(model)
+    )
+    with pytest.raises(ValueError, match=r"^eval_sparsities: 0.5 below the sparsity model .* \(0.7000"):
+        run_glue.main(
+            [
+                "--model_name_or_path",
+                str(recorded),
+                *data,
+                *run,
+                "0.5",
+                *common_args(tmp_path / "o2", tmp_path / "c"),
+            ]
+        )
+    assert not (tmp_path / "o2").exists()
+
+
 def test_glue_bad_inputs_fail_before_the_model_loads(tmp_path):
     missing_model = unloadable_model(tmp_path / "unloadable-model")
     base = common_args(tmp_path / "out", tmp_path / "cache")
