@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable, Optional, Sequence
 
@@ -250,6 +251,12 @@ class RecipeConfig(CrAMConfig):
     def __post_init__(self):
         super().__post_init__()
         check_writable_dir(self.output_dir)
+        resume = self.resume_from_checkpoint
+        if isinstance(resume, str) and os.path.isdir(resume) and not _is_complete_checkpoint(resume):
+            raise ValueError(
+                f"resume_from_checkpoint: {resume!r} is incomplete (no trainer_state.json: its save was "
+                "interrupted); give an earlier checkpoint-N of that run."
+            )
 
 
 @dataclass
@@ -303,13 +310,11 @@ def last_checkpoint(args: RecipeConfig) -> Optional[str]:
     ``--do_train``, ``--overwrite_output_dir``, or ``--resume_from_checkpoint`` given). One written with other
     CrAM settings (the update, its schedule or its teacher) is refused: the Trainer would carry on with the old
     run (a finished one: keep its model)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if not args.do_train or args.overwrite_output_dir or args.resume_from_checkpoint is not None:
         return None
     if not os.path.isdir(args.output_dir):
         return None
-    checkpoint = get_last_checkpoint(args.output_dir)
+    checkpoint = _last_complete_checkpoint(args.output_dir)
     changed = _changed_cram_settings(checkpoint, args) if checkpoint is not None else []
     if changed:
         raise UsageError(
@@ -317,6 +322,44 @@ def last_checkpoint(args: RecipeConfig) -> Optional[str]:
             "would be resumed with them; pass --overwrite_output_dir to start over, or a new --output_dir."
         )
     return checkpoint
+
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _is_complete_checkpoint(folder: str) -> bool:
+    """The Trainer writes ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so a
+    save stopped before it (Ctrl-C, a full disk) leaves a folder without it, which resuming cannot use."""
+    return os.path.isfile(os.path.join(folder, "trainer_state.json"))
+
+
+def _last_complete_checkpoint(output_dir: str) -> Optional[str]:
+    """The ``checkpoint-N`` of ``output_dir`` with the highest N that was written to the end
+    (:func:`_is_complete_checkpoint`); incomplete ones after it are passed over, and named on the console."""
+    found = sorted(
+        (int(m.group(1)), entry)
+        for entry in os.listdir(output_dir)
+        if (m := _CHECKPOINT_RE.match(entry)) and os.path.isdir(os.path.join(output_dir, entry))
+    )
+    incomplete = []
+    for _, entry in reversed(found):
+        folder = os.path.join(output_dir, entry)
+        if _is_complete_checkpoint(folder):
+            if incomplete:
+                logger.warning(
+                    "output_dir: %s incomplete (no trainer_state.json: its save was interrupted); resuming from %s.",
+                    ", ".join(incomplete),
+                    folder,
+                )
+            return folder
+        incomplete.append(folder)
+    if incomplete:
+        logger.warning(
+            "output_dir: %s incomplete (no trainer_state.json: its save was interrupted); starting from the "
+            "beginning.",
+            ", ".join(incomplete),
+        )
+    return None
 
 
 def _changed_cram_settings(checkpoint: str, args) -> list[str]:

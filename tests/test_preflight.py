@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -405,6 +406,29 @@ def test_rerun_with_other_cram_settings_is_refused_instead_of_resumed(data, tmp_
     run_mlm.main(args(*first))
     run_mlm.main(args(*saving, "--cram_rho", "0.1", "--cram_sparsities", "0.5", "--overwrite_output_dir"))
     assert torch.load(out / "checkpoint-1" / "training_args.bin", weights_only=False).cram_rho == 0.1
+
+
+def test_a_checkpoint_whose_save_was_interrupted_is_passed_over_on_resume(data, tmp_path, caplog):
+    out = tmp_path / "out"
+
+    def args(steps):
+        plain = recipe_args("run_mlm_cram", data, out)
+        plain[plain.index("--max_steps") + 1] = str(steps)
+        return [a for a in plain if a not in ("--save_strategy", "no")] + ["--save_steps", "1"]
+
+    run_mlm.main(args(2))
+    # Ctrl-C just after checkpoint-3/ appeared: only its config.json was written.
+    (out / "checkpoint-3").mkdir()
+    shutil.copy(out / "checkpoint-2" / "config.json", out / "checkpoint-3" / "config.json")
+    run_mlm.main(args(4))  # resumes from checkpoint-2, not from the broken one
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert f"{out / 'checkpoint-3'} incomplete (no trainer_state.json" in caplog.text
+    assert f"resuming from {out / 'checkpoint-2'}" in caplog.text
+    assert (out / "checkpoint-3" / "trainer_state.json").is_file()  # rewritten whole by the resumed run
+    # Named explicitly, an incomplete checkpoint is refused while parsing.
+    (out / "checkpoint-5").mkdir()
+    with pytest.raises(ValueError, match=r"^resume_from_checkpoint: .*checkpoint-5' is incomplete"):
+        run_mlm.main(args(6) + ["--resume_from_checkpoint", str(out / "checkpoint-5")])
 
 
 # --- 8. --keep_sparsity as a bare flag ----------------------------------------------------------------------
