@@ -118,7 +118,11 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
         help=f"Levels to prune at: floats in [0, 1) and/or N:M patterns (default: {' '.join(DEFAULT_LEVELS)}).",
     )
     p.add_argument("--output_dir", required=True, help="Where to write sweep.json, sweep.csv and sweep.png.")
-    p.add_argument("--overwrite_output_dir", action="store_true", help="Write into a non-empty --output_dir.")
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace a non-empty --output_dir (written whole).",
+    )
     p.add_argument(
         "--scope",
         nargs="+",

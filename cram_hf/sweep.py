@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .compression import Level, level_name, level_sparsity
-from .files import check_not_empty
+from .files import check_not_empty, replacing
 from .pruning import (
     check_levels_fit,
     format_one_shot_table,
@@ -569,12 +569,14 @@ def plot_sweep(record: dict, path: str, metric: Optional[str] = None) -> None:
 
 
 def write_outputs(record: dict, output_dir: str) -> dict:
-    """``sweep.json``, ``sweep.csv`` and ``sweep.png`` in ``output_dir``; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {k: os.path.join(output_dir, f"sweep.{k}") for k in ("json", "csv", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    write_csv(record, paths["csv"])
-    plot_sweep(record, paths["png"])
-    return paths
+    """``sweep.json``, ``sweep.csv`` and ``sweep.png`` as the folder ``output_dir`` (replaced whole, like a
+    pruned checkpoint): written under a temporary name and moved into place, so an interrupted write leaves
+    the folder as it was and no half-written table. Returns their paths."""
+    names = {k: f"sweep.{k}" for k in ("json", "csv", "png")}
+    with replacing(output_dir, directory=True) as tmp:
+        with open(os.path.join(tmp, names["json"]), "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        write_csv(record, os.path.join(tmp, names["csv"]))
+        plot_sweep(record, os.path.join(tmp, names["png"]))
+    return {k: os.path.join(output_dir, name) for k, name in names.items()}

@@ -367,6 +367,28 @@ def test_a_sparse_checkpoint_is_never_un_pruned(models, tmp_path, capsys, monkey
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 
+def test_an_interrupted_sweep_leaves_nothing_and_the_rerun_is_not_refused(models, tmp_path, monkeypatch):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(models["mlm_a"]), "--validation_file", str(models["text"]), "--output_dir", str(out)]
+    argv += ["--sparsities", "0", "0.5", "--max_seq_length", "16", "--disable_tqdm"]
+    monkeypatch.setattr("cram_hf.sweep.plot_sweep", ctrl_c)  # after sweep.json and sweep.csv are written
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert os.listdir(tmp_path) == []  # no folder, no half-written table, no temporary left
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == ["sweep.csv", "sweep.json", "sweep.png"]
+    # Over a finished sweep (with --overwrite_output_dir): the old tables stay until the new ones are whole.
+    before = (out / "sweep.json").read_text()
+    monkeypatch.setattr("cram_hf.sweep.plot_sweep", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv + ["--overwrite_output_dir"])
+    assert (out / "sweep.json").read_text() == before and os.listdir(tmp_path) == ["sweep"]
+
+
 def test_classification_sweep_of_an_encoder_without_head_uses_the_data_classes(models, tmp_path):
     from transformers import BertModel
 
