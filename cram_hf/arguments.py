@@ -12,13 +12,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .compression import NONE
-
-# What a bad argument raises while it is parsed and checked: FileNotFoundError & co. from the path checks.
-_ARGUMENT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
-
-
-class UsageError(ValueError):
-    """A bad argument or input of a recipe, found before any work; :func:`run_recipe` prints it as a line."""
+from .errors import UsageError, validated  # noqa: F401 - the recipes' interface
 
 
 def run_recipe(main: Callable) -> None:
@@ -68,17 +62,6 @@ def _config_to_flags(config: dict, path: str) -> list[str]:
         else:
             flags.append(str(value))
     return flags
-
-
-def validated(fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)``, a check of the arguments or inputs: its errors are the user's, so they become
-    :class:`UsageError` (as ``cram_hf.cli`` turns them into ``CLIError``)."""
-    try:
-        return fn(*args, **kwargs)
-    except UsageError:
-        raise
-    except _ARGUMENT_ERRORS as err:
-        raise UsageError(str(err)) from err
 
 
 def parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]] = None):

@@ -7,26 +7,35 @@ same calibration set; padding is marked by the attention mask, which the pruners
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import Optional, Sequence
+
+logger = logging.getLogger(__name__)
 
 TEXT_FILES = (".txt", ".text")
 TABLE_FILES = (".csv", ".json", ".jsonl")
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "content")
 
 
-def _texts_from_file(path: str, text_column: Optional[str]) -> list[str]:
+def check_calibration_file(path: str, name: str = "calibration_file") -> None:
+    """The one check of a calibration file, made before any model loads: it exists, is a file (not a folder),
+    has an extension :func:`calibration_batches` reads, and holds some text. Errors name ``name``."""
     from .files import check_not_empty
 
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{name}: {path!r} is a folder; give one text file (a sample per line).")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"calibration_file: no such file {path!r}.")
+        raise FileNotFoundError(f"{name}: no such file {path!r}.")
+    if os.path.splitext(path)[1].lower() not in TEXT_FILES + TABLE_FILES:
+        raise ValueError(f"{name}: needs a {'/'.join(TEXT_FILES + TABLE_FILES)} file, got {path!r}.")
+    check_not_empty(path, name)
+
+
+def _texts_from_file(path: str, text_column: Optional[str]) -> list[str]:
+    check_calibration_file(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in TEXT_FILES + TABLE_FILES:
-        raise ValueError(
-            f"calibration_file: needs a {'/'.join(TEXT_FILES + TABLE_FILES)} file, got {path!r}."
-        )
-    check_not_empty(path, "calibration_file")
     if ext in TEXT_FILES:
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
@@ -78,6 +87,13 @@ def calibration_batches(
         raise ValueError("calibration: no non-empty text sample found.")
     if len(texts) > num_samples:
         texts = random.Random(seed).sample(texts, num_samples)
+    elif len(texts) < num_samples:
+        logger.warning(
+            "num_calibration_samples: %d asked for, the calibration data has %d; using all %d.",
+            num_samples,
+            len(texts),
+            len(texts),
+        )
     return [
         dict(
             tokenizer(

@@ -82,6 +82,24 @@ def check_output_dir(out_dir, overwrite: bool = False, flag: str = "overwrite=Tr
         )
 
 
+# What a saved tokenizer leaves in a model folder (fast, WordPiece, BPE or SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+)
+
+
+def lacks_tokenizer(path) -> bool:
+    """A local model folder with no tokenizer saved in it (a Hub id: not known here, ``False``). transformers 5
+    loads one anyway: an empty tokenizer of special tokens only, which maps every word to [UNK]."""
+    path = os.fspath(path)
+    return os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
+
+
 def check_model_source(path: str, name: str = "model") -> None:
     """A local model folder must hold a config and weights; a non-existing path that looks like a file
     path (not a Hub id) is an error. Hub ids pass through (``from_pretrained`` resolves them). ``name``

@@ -16,12 +16,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .errors import UsageError, validated
 from .sweep_options import METHODS
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
 
 # ---------------------------------------------------------------------------------------------- parser
 
@@ -232,71 +228,69 @@ def build_parser() -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------------- commands
 
 
-def _validated(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
-        raise CLIError(str(err)) from err
-
-
 def cmd_prune(args) -> int:
+    from .calibration import check_calibration_file
     from .checkpoint import check_model_source, check_output_dir
     from .compression import parse_level
     from .targets import validate_patterns
 
     # Everything checkable without the model, before loading it.
-    level = _validated(parse_level, args.sparsity, "--sparsity")
-    _validated(validate_patterns, args.targets, "--targets")
+    level = validated(parse_level, args.sparsity, "--sparsity")
+    validated(validate_patterns, args.targets, "--targets")
     for name, value in (
         ("--num_calibration_samples", args.num_calibration_samples),
         ("--max_seq_length", args.max_seq_length),
         ("--block_size", args.block_size),
     ):
         if value < 1:
-            raise CLIError(f"{name}: must be a positive integer, got {value}.")
+            raise UsageError(f"{name}: must be a positive integer, got {value}.")
     if args.damping < 0:
-        raise CLIError(f"--damping: must be >= 0, got {args.damping}.")
+        raise UsageError(f"--damping: must be >= 0, got {args.damping}.")
     if args.method != "magnitude":
         if args.calibration_file is None:
-            raise CLIError(
+            raise UsageError(
                 f"--calibration_file: --method {args.method} needs calibration text (magnitude does not)."
             )
-        if not os.path.isfile(args.calibration_file):
-            raise CLIError(f"--calibration_file: no such file {args.calibration_file!r}.")
+        validated(check_calibration_file, args.calibration_file, "--calibration_file")
     elif args.calibration_file is not None:
-        raise CLIError("--calibration_file: only wanda and sparsegpt use calibration data; add --method.")
-    _validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
-    _validated(check_model_source, args.model_name_or_path)
+        raise UsageError("--calibration_file: only wanda and sparsegpt use calibration data; add --method.")
+    validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
+    validated(check_model_source, args.model_name_or_path)
     if args.push_to_hub:
         from .hub import HubError, check_push
 
         try:
             args.token = check_push(args.push_to_hub, args.token)
         except (ValueError, HubError) as err:
-            raise CLIError(str(err)) from err
+            raise UsageError(str(err)) from err
 
     from .checkpoint import load_pretrained, save_sparse
     from .pruning import prune, validate_pruning
 
+    tokenizer = _load_tokenizer(args.model_name_or_path)
+    if tokenizer is None and args.method != "magnitude":
+        raise UsageError(
+            f"--calibration_file: --method {args.method} tokenizes it with the model's tokenizer, and "
+            f"{args.model_name_or_path!r} has none; save one with the model (tokenizer.save_pretrained(folder))."
+        )
     try:
         model = load_pretrained(args.model_name_or_path)
     except OSError as err:  # transformers' message spans lines
         message = " ".join(str(err).split())
-        raise CLIError(f"model: could not load {args.model_name_or_path!r}: {message}") from err
-    tokenizer = _load_tokenizer(args.model_name_or_path)
-    _validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
+        raise UsageError(f"model: could not load {args.model_name_or_path!r}: {message}") from err
+    validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
     calibration = None
     if args.method != "magnitude":
         from .calibration import calibration_batches
 
-        calibration = _validated(
+        calibration = validated(
             calibration_batches,
             args.calibration_file,
             tokenizer,
             num_samples=args.num_calibration_samples,
             max_seq_length=args.max_seq_length,
         )
-    report = _validated(
+    report = validated(
         prune,
         model,
         level,
@@ -328,9 +322,27 @@ def cmd_prune(args) -> int:
     return 0
 
 
+# What a saved tokenizer leaves in a model folder (fast, WordPiece, BPE or SentencePiece).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+)
+
+
 def _load_tokenizer(path: str):
+    """The tokenizer saved with the model, or ``None``. A local folder without tokenizer files gets ``None``:
+    transformers 5 would build an empty tokenizer (its special tokens only) that maps every word to [UNK]."""
     from transformers import AutoTokenizer
 
+    from .checkpoint import lacks_tokenizer
+
+    if lacks_tokenizer(path):
+        logging.getLogger(__name__).warning("No tokenizer saved with the checkpoint %r.", path)
+        return None
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -354,24 +366,24 @@ def cmd_sweep(args) -> int:
     from .sweep import SweepOptions, check_metric, check_validation_file, run_sweep
     from .targets import validate_patterns
 
-    _validated(check_validation_file, args.validation_file, args.task)
-    _validated(check_metric, args.metric, args.task)
-    _validated(validate_patterns, args.targets, "--targets")
-    _validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
+    validated(check_validation_file, args.validation_file, args.task)
+    validated(check_metric, args.metric, args.task)
+    validated(validate_patterns, args.targets, "--targets")
+    validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
     for name, value in (
         ("--max_eval_samples", args.max_eval_samples),
         ("--max_seq_length", args.max_seq_length),
         ("--batch_size", args.batch_size),
     ):
         if value is not None and value < 1:
-            raise CLIError(f"{name}: must be a positive integer, got {value}.")
+            raise UsageError(f"{name}: must be a positive integer, got {value}.")
     if args.model_names and len(args.model_names) != len(args.models):
-        raise CLIError(f"--model_names: {len(args.model_names)} names for {len(args.models)} models.")
+        raise UsageError(f"--model_names: {len(args.model_names)} names for {len(args.models)} models.")
     for m in args.models:
-        _validated(check_model_source, m)
+        validated(check_model_source, m)
 
     # The levels are parsed once, here; run_sweep and the one-shot loop take them as they are.
-    options = _validated(
+    options = validated(
         SweepOptions,
         levels=args.sparsities,
         task=args.task,
@@ -393,9 +405,7 @@ def cmd_sweep(args) -> int:
         calibration_file=args.calibration_file,
         num_calibration_samples=args.num_calibration_samples,
     )
-    if args.calibration_file is not None and not os.path.isfile(args.calibration_file):
-        raise CLIError(f"--calibration_file: no such file {args.calibration_file!r}.")
-    record = _validated(
+    record = validated(
         run_sweep, args.models, options, output_dir=args.output_dir, progress=not args.disable_tqdm
     )
     # The table was printed row by row while the sweep ran.
@@ -418,7 +428,7 @@ def _push(folder, repo_id, private, token, commit_message, sweep_file=None) -> i
             sweep_file=sweep_file,
         )
     except (HubError, ValueError, FileNotFoundError) as err:
-        raise CLIError(str(err)) from err
+        raise UsageError(str(err)) from err
     print(f"Pushed {folder} to {url}")
     return 0
 
@@ -434,7 +444,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except CLIError as err:
+    except UsageError as err:
         print(f"cram-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
 

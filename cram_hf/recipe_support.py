@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from .arguments import UsageError, validated
+from .calibration import check_calibration_file
 from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
 from .compression import SCOPES, level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .distillation import check_teacher_fits, load_teacher
-from .files import check_not_empty, write_json
+from .files import write_json
 from .gradual import GradualPruningCallback, _sparsity
 from .pruning import format_one_shot_table, one_shot, reachable, target_zeros
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback, target_sparsity
@@ -102,9 +103,7 @@ class EvalPruningArguments:
                 raise ValueError(
                     f"eval_calibration_file: --eval_pruning_method {self.eval_pruning_method} needs calibration text."
                 )
-            if not os.path.isfile(self.eval_calibration_file):
-                raise ValueError(f"eval_calibration_file: no such file {self.eval_calibration_file!r}.")
-            check_not_empty(self.eval_calibration_file, "eval_calibration_file")
+            check_calibration_file(self.eval_calibration_file, "eval_calibration_file")
         if self.eval_num_calibration_samples < 1:
             raise ValueError("eval_num_calibration_samples: must be a positive integer.")
 

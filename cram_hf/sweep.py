@@ -70,10 +70,15 @@ def check_levels_fit_models(models: Sequence[str], levels: Sequence[Level], task
     skeletons built from the configs, before any model is loaded or level evaluated."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from .checkpoint import check_levels_reachable, meta_model
+    from .checkpoint import check_levels_reachable, lacks_tokenizer, meta_model
 
     cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
     for path in models:
+        if lacks_tokenizer(path):
+            raise ValueError(
+                f"model: {path!r} has no tokenizer saved with it, and the sweep tokenizes the validation text with "
+                "the model's own; save one into the folder (tokenizer.save_pretrained(folder))."
+            )
         try:
             config = AutoConfig.from_pretrained(path)
         except OSError as err:  # a Hub id that cannot be fetched; transformers' message spans lines

@@ -80,6 +80,10 @@ class SweepOptions:
         calibrated = [m for m in self.methods if m != "magnitude"]
         if calibrated and self.calibration_file is None:
             raise ValueError(f"--calibration_file: --methods {' '.join(calibrated)} needs calibration text.")
+        if self.calibration_file is not None:
+            from .calibration import check_calibration_file
+
+            check_calibration_file(self.calibration_file, "--calibration_file")
         if not isinstance(self.num_calibration_samples, int) or self.num_calibration_samples < 1:
             raise ValueError(
                 f"--num_calibration_samples: must be a positive integer, got {self.num_calibration_samples!r}."

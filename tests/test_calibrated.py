@@ -308,6 +308,12 @@ def test_refusals(setup):
         calibration_batches(["a b"], setup[1], num_samples=0)
 
 
+def test_fewer_calibration_samples_than_asked_for_are_stated(setup, caplog):
+    batches = calibration_batches(["a b c", "d e", "f"], setup[1], num_samples=10, max_seq_length=8)
+    assert sum(len(b["input_ids"]) for b in batches) == 3
+    assert "num_calibration_samples: 10 asked for, the calibration data has 3; using all 3." in caplog.text
+
+
 def test_a_calibrated_checkpoint_records_the_method_and_reloads(setup, tmp_path):
     from cram_hf import load_sparse, save_sparse
     from cram_hf.checkpoint import read_sparsity_config

@@ -183,6 +183,79 @@ def test_sweep_and_prune_refuse_an_output_dir_under_a_file_before_any_work(data,
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", ["empty", "folder", "extension"])
+def test_a_bad_calibration_file_is_refused_before_any_model_loads(
+    data, tmp_path, no_model_loads, capsys, bad
+):
+    path = {
+        "empty": tmp_path / "empty.txt",
+        "folder": tmp_path / "calib",
+        "extension": tmp_path / "c.parquet",
+    }[bad]
+    if bad == "folder":
+        path.mkdir()
+    else:
+        path.write_text("   \n" if bad == "empty" else "some text\n")
+    message = {"empty": "is empty", "folder": "is a folder; give one text file", "extension": "needs a .txt"}[
+        bad
+    ]
+    calib = ["--calibration_file", str(path)]
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "prune",
+                data["model"],
+                "--sparsity",
+                "0.5",
+                "--method",
+                "sparsegpt",
+                *calib,
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("cram-hf prune: error: --calibration_file: ") and message in err
+    assert sweep(data, out, "--methods", "sparsegpt", *calib) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"^eval_calibration_file: .*{message}"):
+        run_glue.parse_args(
+            recipe_args(
+                "run_glue", data, out, "--eval_pruning_method", "wanda", "--eval_calibration_file", str(path)
+            )
+        )
+    assert not out.exists()
+
+
+def test_a_calibrated_prune_of_a_folder_without_tokenizer_is_refused_first(
+    data, tmp_path, no_model_loads, capsys
+):
+    bare = tmp_path / "bare"
+    shutil.copytree(
+        data["model"], bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "special_tokens*")
+    )
+    argv = [
+        "prune",
+        str(bare),
+        "--sparsity",
+        "0.5",
+        "--method",
+        "sparsegpt",
+        "--calibration_file",
+        data["text"],
+    ]
+    assert main(argv + ["--output_dir", str(tmp_path / "out")]) == 2
+    assert "has none; save one with the model" in capsys.readouterr().err
+    assert (
+        main(["sweep", str(bare), "--validation_file", data["text"], "--output_dir", str(tmp_path / "s")])
+        == 2
+    )
+    assert "has no tokenizer saved with it" in capsys.readouterr().err
+
+
 def test_sweep_and_prune_refuse_an_output_dir_os_access_calls_read_only(
     data, tmp_path, read_only, no_model_loads, capsys
 ):
