@@ -189,10 +189,12 @@ def train(
     cram_options=None,
     teacher=None,
     distill_options=None,
+    config_options=None,
 ):
     """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` and any other ``cram_*``
     fields in ``cram_options`` when ``cram``, else the plain optimizer; with ``teacher``, distilling from it
-    with the ``distill_*`` fields in ``distill_options``); returns the timing."""
+    with the ``distill_*`` fields in ``distill_options``); returns the timing. ``config_options``: other
+    ``CrAMConfig`` fields, over these defaults (e.g. ``use_cpu=False, bf16=True`` on a GPU)."""
     config = CrAMConfig(
         output_dir=os.path.join(workdir, name),
         max_steps=steps,
@@ -205,7 +207,6 @@ def train(
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        use_cpu=True,
         seed=args.seed,
         data_seed=args.seed,
         dataloader_drop_last=True,
@@ -213,6 +214,7 @@ def train(
         cram_sparsities=list(args.cram_sparsities) if cram else [],
         **((cram_options or {}) if cram else {}),
         **((distill_options or {}) if teacher is not None else {}),
+        **({"use_cpu": True} | (config_options or {})),
     )
     trainer = trainer_cls(
         model=model,
@@ -233,11 +235,12 @@ def train(
 @torch.no_grad()
 def evaluate(model, batches) -> dict:
     model.eval()
+    device = next(model.parameters()).device
     preds, labels = [], []
     for batch in batches:
-        labels.append(batch.pop("labels"))
-        preds.append(model(**batch).logits.argmax(-1))
-        batch["labels"] = labels[-1]
+        labels.append(batch["labels"])
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        preds.append(model(**inputs).logits.argmax(-1).cpu())
     preds, labels = torch.cat(preds).numpy(), torch.cat(labels).numpy()
     return {"accuracy": accuracy(preds, labels), "macro_f1": f1(preds, labels, average="macro")}
 
@@ -273,11 +276,13 @@ def sparse_finetune(
     workdir,
     teacher=None,
     distill_options=None,
+    callbacks=(),
+    config_options=None,
     **prune_options,
 ) -> dict:
     """Prune a copy of ``model`` at ``level`` (``prune_options``: ``method``, ``scope``, ``calibration`` of
     :func:`cram_hf.prune`; default global magnitude), fine-tune it with the mask kept (distilling from
-    ``teacher`` when given), check the mask held."""
+    ``teacher`` when given; ``callbacks`` run after the mask is re-applied), check the mask held."""
     sparse = copy.deepcopy(model)
     with torch.no_grad():
         from cram_hf.pruning import prune
@@ -294,10 +299,11 @@ def sparse_finetune(
         name=name,
         steps=args.finetune_steps,
         lr=args.finetune_learning_rate,
-        callbacks=[keep],
+        callbacks=[keep, *callbacks],
         workdir=workdir,
         teacher=teacher,
         distill_options=distill_options,
+        config_options=config_options,
     )
     params = dict(sparse.named_parameters())
     held = all(torch.equal(params[n].detach() == 0, z) for n, z in zeros.items())

