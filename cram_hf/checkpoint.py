@@ -177,12 +177,23 @@ def check_levels_reachable(path, levels, targets=None, *, levels_name: str = "sp
 
 
 def sparsity_config(
-    report: SparsityReport, *, base_model: Optional[str] = None, storage: str = "dense"
+    report: SparsityReport,
+    *,
+    base_model: Optional[str] = None,
+    base_model_is_local: Optional[bool] = None,
+    storage: str = "dense",
 ) -> dict:
-    """The content of ``sparsity_config.json`` for a report measured on the model being saved."""
+    """The content of ``sparsity_config.json`` for a report measured on the model being saved.
+    ``base_model_is_local``: ``None`` decides by whether ``base_model`` is a folder here."""
     from . import __version__
 
     level = report.level
+    is_local = base_model_is_local
+    if is_local is None:
+        is_local = bool(base_model) and os.path.isdir(os.path.expanduser(base_model))
+    params = dict(report.method_params or {})
+    if params.get("calibration_file"):
+        params["calibration_file"] = _public_name(params["calibration_file"])
     return {
         "format_version": 1,
         "library": "cram_hf",
@@ -193,7 +204,7 @@ def sparsity_config(
         "sparsity": level_sparsity(parse_level(level)) if level is not None else None,
         "scope": report.scope,
         # Calibrated methods: damping, block size and how much calibration data was used.
-        "method_params": report.method_params or None,
+        "method_params": params or None,
         # A flat list of parameter names: KeepSparsityCallback.from_checkpoint reads it as such.
         "targets": list(report.targets),
         "target_rule": "default" if report.target_patterns is None else "regex",
@@ -208,12 +219,18 @@ def sparsity_config(
             "num_pruned": report.num_pruned,
             "per_matrix": report.per_matrix,
         },
-        "base_model": base_model,
-        "base_model_is_local": bool(base_model) and os.path.isdir(os.path.expanduser(base_model)),
+        # A local folder by its name only: the record is uploaded with the model, a local path says nothing there.
+        "base_model": _public_name(base_model) if is_local else base_model,
+        "base_model_is_local": is_local,
         "storage": storage,
         "weights_file": COMPACT_WEIGHTS if storage == "compact" else "model.safetensors",
         "loads_with_from_pretrained": storage == "dense",
     }
+
+
+def _public_name(path) -> str:
+    """The last component of a local path: what a record that leaves this machine may say of it."""
+    return os.path.basename(os.path.normpath(os.path.expanduser(os.fspath(path))))
 
 
 def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
@@ -281,12 +298,14 @@ def save_sparse(
     overwrite: bool = False,
     compact: bool = False,
     base_model: Optional[str] = None,
+    base_model_is_local: Optional[bool] = None,
 ) -> dict:
     """Write a sparse checkpoint of ``model`` to ``out_dir`` and return its ``sparsity_config.json`` content.
 
     ``report`` (from :func:`cram_hf.prune`) says how the model was pruned; its figures are re-measured on
     the model as saved. Without it the default targets are measured and the method is ``"measured"``.
     ``compact=True`` writes the compact storage (see the module docstring) instead of ``model.safetensors``.
+    ``base_model``: the Hub id or local folder it was pruned from (a local one is recorded by its name only).
     """
     out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
     check_output_dir(out_dir, overwrite)
@@ -303,7 +322,12 @@ def save_sparse(
             num_pruned=report.num_pruned,
             method_params=dict(report.method_params),
         )
-    config = sparsity_config(measured, base_model=base_model, storage="compact" if compact else "dense")
+    config = sparsity_config(
+        measured,
+        base_model=base_model,
+        base_model_is_local=base_model_is_local,
+        storage="compact" if compact else "dense",
+    )
     with replacing(out_dir, directory=True) as tmp:
         _write_checkpoint(model, tmp, tokenizer, config, compact)
     return config
@@ -323,6 +347,7 @@ def save_finetuned_sparsity_config(
         source = read_sparsity_config(model_path, required=False) or {}
         how = {k: source.get(k) for k in ("level", "scope")}
         how["method"] = source.get("method") or "measured"
+        how["method_params"] = source.get("method_params") or {}
         if how["method"] == "measured":
             how["level"] = how["scope"] = None
     report = sparsity_report_for(model, list(names), **how)

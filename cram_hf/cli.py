@@ -314,7 +314,7 @@ def cmd_prune(args) -> int:
         report,
         overwrite=args.overwrite_output_dir,
         compact=args.compact,
-        base_model=_base_model(args.model_name_or_path),
+        **_base_model(args.model_name_or_path),
     )
     print(f"Saved {'compact ' if args.compact else ''}sparse checkpoint to {args.output_dir}")
     if args.push_to_hub:
@@ -350,15 +350,19 @@ def _load_tokenizer(path: str):
         return None
 
 
-def _base_model(path: str) -> str:
-    """The Hub id a model came from: the argument itself, or for a local sparse checkpoint its own base."""
+def _base_model(path: str) -> dict:
+    """``save_sparse``'s ``base_model`` (and whether it is local): the argument itself, or for a local sparse
+    checkpoint the base it records, so that re-pruning keeps naming the original model."""
     from .checkpoint import SPARSITY_CONFIG, read_sparsity_config
 
     if os.path.isfile(os.path.join(path, SPARSITY_CONFIG)):
-        base = read_sparsity_config(path).get("base_model")
-        if base:
-            return base
-    return path
+        record = read_sparsity_config(path)
+        if record.get("base_model"):
+            return {
+                "base_model": record["base_model"],
+                "base_model_is_local": bool(record.get("base_model_is_local")),
+            }
+    return {"base_model": path}
 
 
 def cmd_sweep(args) -> int:

@@ -65,15 +65,13 @@ def card_tags(config: dict) -> list[str]:
     return tags
 
 
-# What cram_hf's own 3-seed evidence says about choosing the pruner and CrAM (benchmarks/README.md).
+# Advice, not figures: the measurements live in cram_hf's benchmarks (benchmarks/README.md), which change.
 PRUNER_GUIDANCE = """## Choosing the pruner, and whether CrAM pays
 
-Measured with `cram_hf` (MiniLM-L6 fine-tuned on BBC News, test accuracy, 3 seeds; dense 0.96): SparseGPT per
-matrix was the best one-shot pruner for a plainly trained and for a CrAM-trained model alike. On the plain model
-it kept 0.947 / 0.930 / 0.658 at 70 / 80 / 90 % and 0.955 at 2:4 with no extra training; on the CrAM+ model
-0.956 / 0.946 / 0.906 and 0.953 (magnitude: 0.939 / 0.905 / 0.561). CrAM's training (about 2× a plain step)
-paid at 90 %; up to 80 % and at 2:4 a calibrated pruner on a plainly trained model came within 1–2 points.
-Trained twice as long, the CrAM+ model kept 0.944 at 90 %, AdamW with the same doubled steps 0.830."""
+For a CrAM-trained model and a plainly trained one alike, a calibrated pruner (SparseGPT, per matrix) keeps the
+most accuracy in one shot. CrAM's extra training pays most at the highest sparsities (90 %); up to about 80 %
+and at 2:4 a calibrated pruner on a plainly trained model comes close. The measurements behind this, with their
+settings and seeds, are in `cram_hf`'s benchmarks (`benchmarks/README.md`)."""
 
 
 def _how_pruned(config: dict) -> str:
@@ -95,11 +93,17 @@ def _how_pruned(config: dict) -> str:
             f"weights, {where}, set to exactly zero (no re-training)."
         )
     if method in ("wanda", "sparsegpt"):
-        what = (
-            "SparseGPT (optimal-brain-surgeon reconstruction of each matrix from the Hessian of its inputs, "
-            "layer by layer; the kept weights are updated)"
+        name, what = (
+            (
+                "SparseGPT",
+                "each matrix reconstructed from the Hessian of its inputs (optimal brain surgeon), layer by "
+                "layer, the kept weights updated",
+            )
             if method == "sparsegpt"
-            else "Wanda (weights scored by |w| times the norm of their input feature, pruned per output row)"
+            else (
+                "Wanda",
+                "weights scored by |w| times the norm of their input feature, pruned per output row",
+            )
         )
         params = config.get("method_params") or {}
         data = params.get("calibration_file")
@@ -107,7 +111,7 @@ def _how_pruned(config: dict) -> str:
         calibration = f" on {samples} calibration samples" if samples else ""
         calibration += f" from `{os.path.basename(data)}`" if data else ""
         target = f"the {level} pattern" if config.get("pattern") else f"{100 * float(level):g} %"
-        return f"**one-shot {method} pruning to {target}** with {what}{calibration}; no re-training."
+        return f"**one-shot {name} pruning to {target}**: {what}{calibration}; no re-training."
     if method == "gradual magnitude":
         params = config.get("method_params") or {}
         where = (
@@ -120,6 +124,12 @@ def _how_pruned(config: dict) -> str:
             "steps, the mask then held to the end of training."
         )
     return "sparsity measured on the saved weights (how they were pruned is not recorded)."
+
+
+def _fine_tuned(config: dict) -> str:
+    if not config.get("fine_tuned_with_mask_kept"):
+        return ""
+    return "\n- Then fine-tuned with the mask kept: the pruned weights stayed exactly zero."
 
 
 def _sweep_table(sweep: dict) -> str:
@@ -215,7 +225,7 @@ integration of [CrAM](https://arxiv.org/abs/2207.14200) (Compression-Aware Minim
 
 ## How it was pruned
 
-- Method: {_how_pruned(config)}
+- Method: {_how_pruned(config)}{_fine_tuned(config)}
 - Targets: {len(targets)} matrices — {target_text}.
 - Achieved: **{100 * ach.get("target_sparsity", 0):.2f} %** of the target weights are zero \
 ({ach.get("target_zeros", 0):,} of {ach.get("target_numel", 0):,}); {100 * ach.get("model_sparsity", 0):.2f} % of all parameters.

@@ -93,7 +93,8 @@ def test_prune_writes_a_checkpoint_plain_from_pretrained_reads(models, tmp_path,
     assert "magnitude 0.7 (layer)" in capsys.readouterr().out
     config = json.loads((out / SPARSITY_CONFIG).read_text())
     assert (config["level"], config["scope"], config["method"]) == ("0.7", "layer", "magnitude")
-    assert config["base_model"] == str(models["mlm_a"]) and config["base_model_is_local"]
+    # A local base by its name only: the record is uploaded with the model, the local path says nothing there.
+    assert config["base_model"] == "mlm_a" and config["base_model_is_local"]
     pruned = AutoModelForMaskedLM.from_pretrained(out)
     params = dict(pruned.named_parameters())
     for name in config["targets"]:
@@ -135,7 +136,9 @@ def test_prune_compact_nm_with_custom_targets(models, tmp_path):
     # pruning a compact checkpoint again goes through load_sparse
     assert main(["prune", str(out), "--sparsity", "0.8", "--output_dir", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / SPARSITY_CONFIG).read_text())
-    assert again["base_model"] == str(models["mlm_a"])  # the original base, not the intermediate folder
+    assert (
+        again["base_model"] == "mlm_a" and again["base_model_is_local"]
+    )  # the original, not the intermediate
 
 
 @pytest.mark.parametrize(
@@ -450,7 +453,7 @@ def test_prune_with_a_calibrated_method_end_to_end(models, tmp_path, capsys, met
     config = json.loads((out / SPARSITY_CONFIG).read_text())
     assert config["method"] == method and config["level"] == level
     assert config["method_params"]["num_calibration_samples"] == 16
-    assert config["method_params"]["calibration_file"] == str(models["text"])
+    assert config["method_params"]["calibration_file"] == "valid.txt"  # no local path in an uploaded record
     pruned = AutoModelForMaskedLM.from_pretrained(out)
     params = dict(pruned.named_parameters())
     if ":" not in level:
