@@ -232,6 +232,7 @@ def cmd_prune(args) -> int:
     from .calibration import check_calibration_file
     from .checkpoint import check_model_source, check_output_dir
     from .compression import parse_level
+    from .files import check_not_replacing
     from .targets import validate_patterns
 
     # Everything checkable without the model, before loading it.
@@ -256,6 +257,7 @@ def cmd_prune(args) -> int:
         raise UsageError("--calibration_file: only wanda and sparsegpt use calibration data; add --method.")
     validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
     validated(check_model_source, args.model_name_or_path)
+    validated(check_not_replacing, args.output_dir, [args.model_name_or_path])
     if args.push_to_hub:
         from .hub import HubError, check_push
 
@@ -367,6 +369,7 @@ def _base_model(path: str) -> dict:
 
 def cmd_sweep(args) -> int:
     from .checkpoint import check_model_source, check_output_dir
+    from .files import check_not_replacing
     from .sweep import SweepOptions, check_metric, check_validation_file, run_sweep
     from .targets import validate_patterns
 
@@ -374,6 +377,7 @@ def cmd_sweep(args) -> int:
     validated(check_metric, args.metric, args.task)
     validated(validate_patterns, args.targets, "--targets")
     validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
+    validated(check_not_replacing, args.output_dir, args.models)
     for name, value in (
         ("--max_eval_samples", args.max_eval_samples),
         ("--max_seq_length", args.max_seq_length),

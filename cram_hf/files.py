@@ -97,3 +97,19 @@ def check_not_empty(path: str, name: str) -> None:
             if chunk.strip():
                 return
     raise ValueError(f"{name}: {path!r} is empty; it needs at least one example.")
+
+
+def check_not_replacing(output_dir, sources, name: str = "--output_dir") -> None:
+    """Refuse an output folder that is one of the ``sources`` (folders the command reads) or holds one: it is
+    replaced whole when the output is moved into place, which would delete what was read (a model pruned into
+    its own folder). Hub ids and missing paths are not folders and pass."""
+    out = os.path.realpath(os.fspath(output_dir))
+    for source in sources:
+        if source is None or not os.path.isdir(os.fspath(source)):
+            continue
+        src = os.path.realpath(os.fspath(source))
+        if src == out or src.startswith(out.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"{name}: {os.fspath(output_dir)!r} {'is' if src == out else 'holds'} the input folder "
+                f"{os.fspath(source)!r}, which writing the output replaces whole; give a new folder."
+            )

@@ -194,6 +194,22 @@ def test_prune_refuses_a_model_dir_without_weights_and_a_non_empty_output(models
     assert os.path.isfile(busy / SPARSITY_CONFIG) and not os.path.exists(busy / "notes.txt")
 
 
+def test_pruning_or_sweeping_into_the_models_own_folder_is_refused(models, tmp_path, capsys):
+    import shutil
+
+    own = tmp_path / "own"
+    shutil.copytree(models["mlm_a"], own)
+    before = {f: (own / f).read_bytes() for f in os.listdir(own)}
+    for out in (own, tmp_path):  # the folder itself, or one that holds it
+        argv = ["prune", str(own), "--sparsity", "0.5", "--output_dir", str(out), "--overwrite_output_dir"]
+        assert main(argv) == 2
+        assert "the input folder" in capsys.readouterr().err
+        sweep = ["sweep", str(own), "--validation_file", str(models["text"]), "--output_dir", str(out)]
+        assert main(sweep + ["--overwrite_output_dir"]) == 2
+        assert "which writing the output replaces whole" in capsys.readouterr().err
+    assert {f: (own / f).read_bytes() for f in os.listdir(own)} == before
+
+
 def test_mlm_sweep_of_two_models_writes_table_json_csv_and_plot(models, tmp_path, capsys):
     out = tmp_path / "sweep"
     before = _state(models["mlm_a"])
