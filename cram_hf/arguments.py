@@ -80,10 +80,28 @@ def _parse_args(parser: HfArgumentParser, argv: Optional[Sequence[str]]):
         path = argv.pop(0)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist.")
-        with open(path) as f:
-            config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-        argv = _config_to_flags(config or {}, path) + argv
+        argv = _config_to_flags(_read_config(path) or {}, path) + argv
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _read_config(path: str):
+    """The YAML or JSON content of a config file; a syntax error is the user's, named by file, line and column
+    (a parser's multi-line message would be a traceback's worth of noise)."""
+    with open(path) as f:
+        if path.endswith(".json"):
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})."
+                ) from None
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{path}: {where}not valid YAML ({problem}).") from None
 
 
 def setup_logging(training_args, logger) -> None:

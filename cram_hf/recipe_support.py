@@ -304,6 +304,17 @@ class FinetuneConfig(RecipeConfig):
 _CRAM_DEFAULTS = {f.name: f.default for f in fields(CrAMConfig) if f.default is not MISSING}
 
 
+def check_sample_limits(args) -> None:
+    """Every ``max_*_samples`` field of a recipe's data arguments is unset or a positive integer: 0 would
+    train on no example (the sampler fails mid-run) or evaluate on none."""
+    for f in fields(args):
+        value = getattr(args, f.name)
+        if f.name.startswith("max_") and f.name.endswith("_samples") and value is not None and value < 1:
+            raise ValueError(
+                f"{f.name}: must be a positive number of examples, got {value}; leave it out for all."
+            )
+
+
 def last_checkpoint(args: RecipeConfig) -> Optional[str]:
     """The checkpoint a re-run into ``args.output_dir`` resumes from: its last ``checkpoint-N``, or none (no
     ``--do_train``, ``--overwrite_output_dir``, or ``--resume_from_checkpoint`` given). One written with other

@@ -57,6 +57,7 @@ from cram_hf.recipe_support import (
     check_gradual_pruning,
     check_model_fits,
     check_model_path,
+    check_sample_limits,
     evaluate_sparsities,
     gradual_pruning_callback,
     load_distill_teacher,
@@ -126,6 +127,7 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
+        check_sample_limits(self)
         if self.task_name is not None:
             self.task_name = self.task_name.lower()
             if self.task_name not in task_to_keys:

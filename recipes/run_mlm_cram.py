@@ -50,6 +50,7 @@ from cram_hf.recipe_support import (
     RecipeConfig,
     check_gradual_pruning,
     check_model_fits,
+    check_sample_limits,
     evaluate_sparsities,
     gradual_pruning_callback,
     last_checkpoint,
@@ -158,6 +159,7 @@ class DataTrainingArguments(EvalPruningArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        check_sample_limits(self)
         if self.streaming:
             raise ValueError(
                 "streaming: not supported by this recipe (the one-shot evaluation needs a sized set)."

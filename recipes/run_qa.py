@@ -66,6 +66,7 @@ from cram_hf.recipe_support import (
     check_gradual_pruning,
     check_model_fits,
     check_model_path,
+    check_sample_limits,
     evaluate_sparsities,
     gradual_pruning_callback,
     load_distill_teacher,
@@ -151,6 +152,7 @@ class DataTrainingArguments:
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer in tokens."})
 
     def __post_init__(self):
+        check_sample_limits(self)
         if (
             self.dataset_name is None
             and self.train_file is None

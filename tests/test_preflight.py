@@ -428,6 +428,31 @@ def test_recipe_user_errors_are_one_line_without_traceback(name, change, message
     assert last.startswith(f"{name}.py: error: ") and re.search(message, last), result.stderr
 
 
+@pytest.mark.parametrize(
+    "name,text,where",
+    [
+        ("bad.yaml", "max_steps: 3\n  do_train: [true\nseed: 1\n", r"line 2, column 11: not valid YAML \("),
+        ("bad.json", '{"max_steps": 3,, "seed": 1}', r"line 1, column 17: not valid JSON \("),
+    ],
+)
+def test_a_broken_config_file_is_one_line_naming_file_line_and_column(data, tmp_path, name, text, where):
+    import re
+
+    config = tmp_path / name
+    config.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: {where}"):
+        parse("run_glue", [str(config)])
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "run_mlm_cram.py"), str(config)],
+        capture_output=True,
+        text=True,
+        env=OFFLINE,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert re.fullmatch(f"run_mlm_cram.py: error: {re.escape(str(config))}: {where}.*", result.stderr.strip())
+
+
 # --- 7. re-running into a folder with checkpoints of other CrAM settings ------------------------------------
 
 
@@ -502,6 +527,30 @@ def test_a_checkpoint_whose_save_was_interrupted_is_passed_over_on_resume(data, 
     (out / "checkpoint-5").mkdir()
     with pytest.raises(ValueError, match=r"^resume_from_checkpoint: .*checkpoint-5' is incomplete"):
         run_mlm.main(args(6) + ["--resume_from_checkpoint", str(out / "checkpoint-5")])
+
+
+@pytest.mark.parametrize(
+    "name,flag",
+    [
+        ("run_mlm_cram", "--max_train_samples"),
+        ("run_mlm_cram", "--max_eval_samples"),
+        ("run_glue", "--max_train_samples"),
+        ("run_glue", "--max_eval_samples"),
+        ("run_glue", "--max_predict_samples"),
+        ("run_qa", "--max_train_samples"),
+        ("run_qa", "--max_eval_samples"),
+        ("run_qa", "--max_predict_samples"),
+    ],
+)
+def test_a_sample_limit_of_zero_is_refused_while_parsing(data, tmp_path, name, flag):
+    out = tmp_path / "out"
+    for value in ("0", "-3"):
+        with pytest.raises(
+            ValueError, match=f"^{flag[2:]}: must be a positive number of examples, got {value}"
+        ):
+            parse(name, recipe_args(name, data, out, flag, value))
+    assert not out.exists()
+    parse(name, recipe_args(name, data, out, flag, "1"))
 
 
 # --- 8. --keep_sparsity as a bare flag ----------------------------------------------------------------------
