@@ -20,6 +20,7 @@ dataclasses, the checks they make before any work, the training block and the on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -304,6 +305,31 @@ class FinetuneConfig(RecipeConfig):
 _CRAM_DEFAULTS = {f.name: f.default for f in fields(CrAMConfig) if f.default is not MISSING}
 
 
+def hub_offline() -> bool:
+    """Whether offline mode is on for the Hub or for datasets (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``)."""
+    return any(
+        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+@contextlib.contextmanager
+def from_the_hub(flag: str, name: Optional[str], instead: str):
+    """A block that loads ``name`` (given as ``flag``) from the Hub or its cache: a failure to fetch it — offline
+    mode on, no network, no such repository — becomes one line naming the flag and what to pass ``instead``
+    (local files or a folder). Errors of local files (missing, unreadable) keep their own message."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        raise
+    except OSError as err:  # ConnectionError included; transformers raises OSError for what it cannot fetch
+        if hub_offline():
+            why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"
+        else:
+            why = "it could not be fetched from the Hub (" + " ".join(str(err).split())[:200] + ")"
+        raise UsageError(f"{flag}: {name!r}: {why}; {instead}.") from err
+
+
 def check_sample_limits(args) -> None:
     """Every ``max_*_samples`` field of a recipe's data arguments is unset or a positive integer: 0 would
     train on no example (the sampler fails mid-run) or evaluate on none."""
@@ -414,7 +440,7 @@ def check_model_fits(
     """Before data or weights are loaded: ``--cram_targets`` match parameters of ``model_class`` built from
     ``config`` (a meta-device skeleton, no weights read) and every N:M level of ``--cram_sparsities`` and
     ``--eval_sparsities`` divides the targets' input dimensions. ``config`` is a config, or the name or path
-    ``AutoConfig`` loads it from (with ``hub_kwargs``), only when there is something to check.
+    ``AutoConfig`` loads it from (with ``hub_kwargs``): a model that cannot be had fails here, first.
     ``kept_zeros_of``: the sparse checkpoint a run starts from and whose zeros it keeps; an
     ``--eval_sparsities`` level below its recorded sparsity cannot be reached after training, and is refused
     now rather than then (:func:`~cram_hf.checkpoint.check_levels_reachable`)."""
@@ -429,12 +455,15 @@ def check_model_fits(
             args.cram_targets,
             levels_name="eval_sparsities",
         )
-    if args.cram_targets is None and not args.cram_sparsities and not eval_levels:
-        return  # nothing is pruned and no regex given: the targets are not needed
-    if isinstance(config, (str, os.PathLike)):
+    if isinstance(
+        config, (str, os.PathLike)
+    ):  # read even with nothing to check: a Hub id not to be had fails here
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(config, **hub_kwargs)
+        with from_the_hub("model_name_or_path", config, "pass a local model folder"):
+            config = AutoConfig.from_pretrained(config, **hub_kwargs)
+    if args.cram_targets is None and not args.cram_sparsities and not eval_levels:
+        return  # nothing is pruned and no regex given: the targets are not needed
     skeleton = meta_model(config, model_class, trust_remote_code=hub_kwargs.get("trust_remote_code", False))
     if skeleton is None:
         return
@@ -589,7 +618,10 @@ def load_distill_teacher(args: CrAMConfig, student_config, model_class, **hub_kw
     if isinstance(student_config, (str, os.PathLike)):
         student_config = AutoConfig.from_pretrained(student_config, **hub_kwargs)
     teacher_kwargs = _teacher_hub_kwargs(hub_kwargs)
-    teacher_config = AutoConfig.from_pretrained(args.distill_teacher, **teacher_kwargs)
+    with from_the_hub(
+        name, args.distill_teacher, "pass the folder of the dense model fine-tuned on this task"
+    ):
+        teacher_config = AutoConfig.from_pretrained(args.distill_teacher, **teacher_kwargs)
     validated(check_teacher_fits, student_config, teacher_config, name=name)
     return validated(load_teacher, model_class, args.distill_teacher, name=name, **teacher_kwargs)
 

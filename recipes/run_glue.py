@@ -59,6 +59,7 @@ from cram_hf.recipe_support import (
     check_model_path,
     check_sample_limits,
     evaluate_sparsities,
+    from_the_hub,
     gradual_pruning_callback,
     load_distill_teacher,
     setup_keep_sparsity,
@@ -255,9 +256,12 @@ def main(argv=None):
 
     # ---- data: loaded and checked before the model, so bad inputs fail fast ----
     if data_args.task_name is not None:
-        raw_datasets = datasets.load_dataset(
-            "nyu-mll/glue", data_args.task_name, cache_dir=model_args.cache_dir
-        )
+        with from_the_hub(
+            "task_name", data_args.task_name, "pass csv/json files with --train_file/--validation_file"
+        ):
+            raw_datasets = datasets.load_dataset(
+                "nyu-mll/glue", data_args.task_name, cache_dir=model_args.cache_dir
+            )
     else:
         data_files = {}
         for split, path in (
@@ -305,12 +309,14 @@ def main(argv=None):
     num_labels = 1 if is_regression else len(label_list)
 
     # ---- model ----
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        num_labels=num_labels,
-        finetuning_task=data_args.task_name or "text-classification",
-        **common,
-    )
+    source = model_args.config_name or model_args.model_name_or_path
+    with from_the_hub("model_name_or_path", source, "pass a local model folder"):
+        config = AutoConfig.from_pretrained(
+            source,
+            num_labels=num_labels,
+            finetuning_task=data_args.task_name or "text-classification",
+            **common,
+        )
     if label_list is not None:
         config.label2id = {str(v): i for i, v in enumerate(label_list)}
         config.id2label = {i: str(v) for i, v in enumerate(label_list)}

@@ -52,6 +52,7 @@ from cram_hf.recipe_support import (
     check_model_fits,
     check_sample_limits,
     evaluate_sparsities,
+    from_the_hub,
     gradual_pruning_callback,
     last_checkpoint,
     load_distill_teacher,
@@ -188,7 +189,12 @@ class DataTrainingArguments(EvalPruningArguments):
 def load_raw_datasets(data_args, model_args):
     hub = dict(cache_dir=model_args.cache_dir, token=model_args.token)
     if data_args.dataset_name is not None:
-        raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, **hub)
+        with from_the_hub(
+            "dataset_name",
+            data_args.dataset_name,
+            "pass text/json/csv files with --train_file/--validation_file",
+        ):
+            raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, **hub)
         if "validation" not in raw and data_args.validation_split_percentage:
             pct = data_args.validation_split_percentage
             raw["validation"] = datasets.load_dataset(
@@ -226,10 +232,10 @@ def hub_kwargs(model_args) -> dict:
 
 def load_config(model_args):
     common = hub_kwargs(model_args)
-    if model_args.config_name:
-        return AutoConfig.from_pretrained(model_args.config_name, **common)
-    if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
+    source = model_args.config_name or model_args.model_name_or_path
+    if source:
+        with from_the_hub("model_name_or_path", source, "pass a local model folder"):
+            return AutoConfig.from_pretrained(source, **common)
     config = CONFIG_MAPPING[model_args.model_type]()
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)

@@ -68,6 +68,7 @@ from cram_hf.recipe_support import (
     check_model_path,
     check_sample_limits,
     evaluate_sparsities,
+    from_the_hub,
     gradual_pruning_callback,
     load_distill_teacher,
     setup_keep_sparsity,
@@ -223,12 +224,17 @@ def main(argv=None):
 
     # ---- data, checked before the model is loaded ----
     if data_args.dataset_name is not None:
-        raw_datasets = datasets.load_dataset(
+        with from_the_hub(
+            "dataset_name",
             data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-        )
+            "pass SQuAD-format json files with --train_file/--validation_file",
+        ):
+            raw_datasets = datasets.load_dataset(
+                data_args.dataset_name,
+                data_args.dataset_config_name,
+                cache_dir=model_args.cache_dir,
+                token=model_args.token,
+            )
     else:
         raw_datasets = datasets.DatasetDict(
             {
@@ -269,7 +275,9 @@ def main(argv=None):
         )
 
     # ---- model ----
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **common)
+    source = model_args.config_name or model_args.model_name_or_path
+    with from_the_hub("model_name_or_path", source, "pass a local model folder"):
+        config = AutoConfig.from_pretrained(source, **common)
     model = AutoModelForQuestionAnswering.from_pretrained(
         model_args.model_name_or_path, config=config, **common
     )

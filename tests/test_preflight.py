@@ -453,6 +453,45 @@ def test_a_broken_config_file_is_one_line_naming_file_line_and_column(data, tmp_
     assert re.fullmatch(f"run_mlm_cram.py: error: {re.escape(str(config))}: {where}.*", result.stderr.strip())
 
 
+@pytest.mark.parametrize(
+    "name,change,flag,instead",
+    [
+        ("run_mlm_cram", ("--train_file", "--dataset_name", "wikitext"), "dataset_name", "--train_file"),
+        ("run_glue", ("--train_file", "--task_name", "sst2"), "task_name", "--train_file"),
+        (
+            "run_qa",
+            ("--model_name_or_path", "--model_name_or_path", "bert-base-uncased"),
+            "model_name_or_path",
+            "a local model folder",
+        ),
+        (
+            "run_glue",
+            ("--model_name_or_path", "--model_name_or_path", "bert-base-uncased"),
+            "model_name_or_path",
+            "a local model folder",
+        ),
+    ],
+)
+def test_a_hub_name_in_offline_mode_is_one_line_saying_so(
+    data, tmp_path, monkeypatch, name, change, flag, instead
+):
+    from cram_hf.arguments import UsageError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    args = recipe_args(name, data, tmp_path / "out")
+    old, new, value = change
+    i = args.index(old)
+    args[i : i + 2] = [new, value]
+    recipe = {"run_mlm_cram": run_mlm, "run_glue": run_glue, "run_qa": run_qa}[name]
+    with pytest.raises(
+        UsageError, match=f"^{flag}: '{value}': offline mode is on .*; pass .*{instead}"
+    ) as err:
+        recipe.main(args)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 # --- 7. re-running into a folder with checkpoints of other CrAM settings ------------------------------------
 
 

@@ -522,7 +522,7 @@ def test_qa_slow_tokenizer_is_a_clear_error(tmp_path):
         run_qa.main(
             [
                 "--model_name_or_path",
-                "x",
+                str(tmp_path / "unloadable"),  # its config reads: the data check comes next
                 "--validation_file",
                 str(tmp_path / "dev.json"),
                 "--do_train",
