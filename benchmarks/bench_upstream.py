@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head_steps", type=int, default=300)
     g.add_argument("--head_learning_rate", type=float, default=1e-3)
     g.add_argument("--start_seed", type=int, default=1234)
+    g.add_argument(
+        "--start_steps", type=int, default=1000, help="Then the whole model, dense (0: the head alone)."
+    )
+    g.add_argument("--start_learning_rate", type=float, default=3e-4)
     g = p.add_argument_group("(b) upstream arms")
     g.add_argument("--upstream_steps", type=int, default=1500)
     g.add_argument("--batch_size", type=int, default=16)
@@ -158,8 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", type=float, default=0.01)
     g.add_argument("--cram_rho", type=float, default=0.05)
     g.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"])
-    g.add_argument("--long_factor", type=float, default=2.2, help="adamw_long steps / AdamW's (CrAM+ cost).")
-    g.add_argument("--interval_factor", type=float, default=1.29, help="cost of cram_i4 / AdamW's per step.")
+    g.add_argument(
+        "--long_factor",
+        type=float,
+        default=2.25,
+        help="adamw_long steps / AdamW's (CrAM+'s cost, measured 2.27x).",
+    )
+    g.add_argument(
+        "--interval_factor",
+        type=float,
+        default=1.15,
+        help="cram_i4's cost per step / AdamW's (measured 1.15x).",
+    )
+    g.add_argument(
+        "--step_seconds",
+        type=float,
+        default=3.0,
+        help="Seconds of a plain step (upstream and downstream), to plan a --max_minutes run before timing rows exist.",
+    )
     g.add_argument("--timing_steps", type=int, default=8)
     g.add_argument("--timing_rounds", type=int, default=2)
     g = p.add_argument_group("(c) one-shot")
@@ -171,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune_steps", type=int, default=300, help="The downstream budget of every run.")
     g.add_argument("--finetune_learning_rate", type=float, default=1e-4)
     g.add_argument("--teacher_steps", type=int, default=600)
-    g.add_argument("--transfer_levels", nargs="+", default=["0.7", "0.8", "0.9", "2:4"])
+    g.add_argument("--transfer_levels", nargs="+", default=["0.8", "0.9"], help="The goals' levels.")
     g.add_argument("--transfer_pruner", default="sparsegpt/layer")
     g.add_argument("--baseline_levels", nargs="+", default=["0.8", "0.9"])
     g.add_argument("--gradual_window", type=float, nargs=2, default=[0.1, 0.7], metavar=("START", "END"))
@@ -206,11 +226,11 @@ def parse_args(argv=None):
         if method not in ev.PRUNER_NAMES or scope not in ev.SCOPE_NAMES:
             p.error(f"pruner: method/scope with method in magnitude, wanda, sparsegpt, got {pruner}")
     if args.quick:
-        args.head_steps, args.upstream_steps, args.finetune_steps, args.teacher_steps = 4, 4, 4, 6
+        args.head_steps, args.upstream_steps, args.finetune_steps, args.teacher_steps = 4, 4, 2, 2
+        args.start_steps, args.batch_size, args.task_batch_size = 2, 8, 8
         args.timing_steps, args.timing_rounds, args.curve_points = 2, 1, 1
-        args.transfer_pruner = (
-            "magnitude/global"  # SparseGPT is exercised by the one-shot and prune-downstream runs
-        )
+        # SparseGPT is exercised by the one-shot and prune-downstream runs.
+        args.transfer_pruner = "magnitude/global"
         args.max_seq_length, args.task_max_seq_length, args.eval_blocks = 32, 32, 32
         args.calibration_samples, args.gradual_update_every = 8, 1
         args.levels, args.transfer_levels, args.baseline_levels = ["0.7", "2:4"], ["0.8"], ["0.8"]
@@ -270,7 +290,8 @@ def baseline_levels(cfg: dict, kind: str) -> list[str]:
 
 def expected(cfg: dict) -> list[tuple[str, str]]:
     """Every (stage, key) the configuration asks for, in the order the run does them."""
-    keys = [("start", "start")] + [("timing", f"round{r}") for r in range(cfg["timing_rounds"])]
+    keys = [("start", "head")] + ([("start", "warmup")] if cfg["start_steps"] else [])
+    keys += [("timing", f"round{r}") for r in range(cfg["timing_rounds"])]
     for seed in cfg["seeds"]:
         for arm in cfg["arms"]:
             keys += [("upstream", f"{arm}-s{seed}"), ("oneshot", f"{arm}-s{seed}")]
@@ -446,8 +467,45 @@ class Pipeline:
             finetune_learning_rate=lr or a.finetune_learning_rate,
         )
 
-    def out_of_time(self) -> bool:
-        return self.deadline is not None and time.time() > self.deadline
+    def fits(self, label: str, seconds: float) -> bool:
+        """Whether a unit of about ``seconds`` ends before ``--max_minutes`` (always, without a budget); a
+        unit that would not is left for a later run."""
+        if self.deadline is None:
+            return True
+        left = self.deadline - time.time()
+        if seconds <= left:
+            return True
+        log(
+            f"    {label}: left for a later run (needs ~{seconds / 60:.0f} min, {max(0, left) / 60:.0f} left)"
+        )
+        return False
+
+    def step_seconds(self, arm: str) -> float:
+        """Seconds per upstream step of ``arm``: from the timing rows, else ``--step_seconds`` x a nominal cost."""
+        base = "adamw" if arm == "adamw_long" else arm
+        rounds = [r["seconds_per_step"] for r in self.rows.all().get("timing", {}).values()]
+        if rounds:
+            return statistics.fmean(r[base] for r in rounds)
+        return self.args.step_seconds * {"adamw": 1.0, "cram": 2.3, "cram_i4": 1.3}[base]
+
+    def saved(self, arm: str, seed: int) -> bool:
+        return os.path.isfile(os.path.join(self.model_dir(arm, seed), "tokenizer_config.json"))
+
+    def upstream_cost(self, arm: str, seed: int) -> float:
+        """Seconds to have the upstream model of (arm, seed) on disk (0 when it is)."""
+        if self.saved(arm, seed):
+            return 0.0
+        return self.start_cost() + arm_steps(vars(self.args), arm) * self.step_seconds(arm) + 120
+
+    def start_cost(self) -> float:
+        """Seconds to have the shared start (0 when it is saved)."""
+        a = self.args
+        head = 0.0 if os.path.isfile(self.head_file) else a.head_steps * a.step_seconds * 0.7 + 60
+        warm = os.path.isfile(os.path.join(a.models_dir, "start", "tokenizer_config.json"))
+        return head + (0.0 if warm or not a.start_steps else a.start_steps * self.step_seconds("adamw") + 60)
+
+    def finetune_cost(self, steps: int, runs: float = 1.0) -> float:
+        return runs * (steps * self.args.step_seconds * 1.15 + 60)  # KD adds the teacher's forward
 
     def todo(self, stage, key) -> bool:
         return (self.args.redo or self.rows.get(stage, key) is None) and stage in self.args.stages
@@ -466,8 +524,8 @@ class Pipeline:
         return model.to(self.args.device)
 
     # (a) the shared start
-    def start_model(self):
-        """The model with the shared trained MLM head (trained here first if absent)."""
+    def head_model(self):
+        """The model with the shared trained MLM head (the head trained here first, encoder frozen, if absent)."""
         from safetensors.torch import load_file, save_file
 
         torch.manual_seed(self.args.start_seed)
@@ -479,8 +537,8 @@ class Pipeline:
         model = self.to_device(model)
         before = self.mlm_score(model)
         if self.args.head_steps == 0:  # a model that ships a trained MLM head (bert-base-uncased): as it is
-            if self.rows.get("start", "start") is None:
-                self.rows.put("start", "start", {"untrained_head": before, "dense": before, "steps": 0})
+            if self.rows.get("start", "head") is None:
+                self.rows.put("start", "head", {"untrained_head": before, "dense": before, "steps": 0})
             return model
         head = [n for n, _ in model.named_parameters() if n.startswith(HEAD)]
         for n, prm in model.named_parameters():
@@ -509,7 +567,7 @@ class Pipeline:
         save_file(state, self.head_file)
         self.rows.put(
             "start",
-            "start",
+            "head",
             {
                 "untrained_head": before,
                 "dense": after,
@@ -521,6 +579,37 @@ class Pipeline:
         log(
             f"(a) start: masked-token accuracy {before['accuracy']:.4f} (fresh head) -> {after['accuracy']:.4f}"
         )
+        return model
+
+    def start_model(self):
+        """The shared start: the trained head, then (``--start_steps`` > 0) the whole model trained dense with
+        AdamW that many steps; saved in ``--models_dir`` and trained again, deterministically, when lost."""
+        if not self.args.start_steps:
+            return self.head_model()
+        folder = os.path.join(self.args.models_dir, "start")
+        if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+            return self.to_device(AutoModelForMaskedLM.from_pretrained(folder))
+        model = self.head_model()
+        log(f"(a) start: the whole model, dense, {self.args.start_steps} steps (AdamW)")
+        timing = self.train_mlm(
+            model,
+            seed=self.args.start_seed,
+            name="start-warmup",
+            steps=self.args.start_steps,
+            lr=self.args.start_learning_rate,
+            cram=False,
+        )
+        dense = self.mlm_score(model)
+        model.save_pretrained(folder)
+        self.data.tokenizer.save_pretrained(folder)
+        earlier = self.rows.get("start", "warmup")
+        if earlier is None or (self.args.redo and "start" in self.args.stages):
+            self.rows.put("start", "warmup", {"dense": dense, **timing})
+        else:  # trained again after the model was lost: the row stands; the two should agree
+            log(
+                f"    start trained again: accuracy {dense['accuracy']:.4f}, the row says {earlier['dense']['accuracy']:.4f}"
+            )
+        log(f"(a) start: masked-token accuracy {dense['accuracy']:.4f}")
         return model
 
     def train_mlm(self, model, *, seed, name, steps, lr, cram, cram_options=None, callbacks=()):
@@ -544,11 +633,15 @@ class Pipeline:
     # (b) timing and upstream arms
     def timing(self):
         for r in range(self.args.timing_rounds):
-            if not self.todo("timing", f"round{r}") or self.out_of_time():
+            cost = self.args.timing_steps * sum(self.step_seconds(arm) for arm in TIMED) + 60
+            if not self.todo("timing", f"round{r}") or not self.fits(f"timing round {r}", cost):
                 continue
             row = {}
             for arm, options in TIMED.items():
-                clock, model = StepClock(), self.start_model()
+                clock, model = (
+                    StepClock(),
+                    self.head_model(),
+                )  # the cost per step does not depend on the start
                 self.train_mlm(
                     model,
                     seed=0,
@@ -719,7 +812,9 @@ class Pipeline:
         folder = self.model_dir(arm, seed)
         for level in ["dense", *self.args.transfer_levels]:
             key = f"{arm}-s{seed}-{task.name}-{level}"
-            if not self.todo("transfer", key) or self.out_of_time():
+            runs = 1 if level == "dense" else len(VARIANTS)
+            cost = self.upstream_cost(arm, seed) + self.finetune_cost(self.args.finetune_steps, runs)
+            if not self.todo("transfer", key) or not self.fits(key, cost):
                 continue
             self.upstream(arm, seed)
             start = self.classifier(folder, task, seed)
@@ -745,7 +840,8 @@ class Pipeline:
         dense_half = None
         for level in self.args.baseline_levels:
             key = f"prune_down-s{seed}-{task.name}-{level}"
-            if self.todo("baseline", key) and not self.out_of_time():
+            cost = self.upstream_cost("adamw", seed) + self.finetune_cost(half, 2 + (dense_half is None))
+            if self.todo("baseline", key) and self.fits(key, cost):
                 if dense_half is None:
                     self.upstream("adamw", seed)
                     dense_half = self.classifier(self.model_dir("adamw", seed), task, seed)
@@ -775,7 +871,8 @@ class Pipeline:
         start, end = (round(f * self.args.finetune_steps) for f in self.args.gradual_window)
         for level in gradual_levels(self.args.baseline_levels):
             key = f"gradual-s{seed}-{task.name}-{level}"
-            if not self.todo("baseline", key) or self.out_of_time():
+            cost = self.upstream_cost("adamw", seed) + self.finetune_cost(self.args.finetune_steps, 2)
+            if not self.todo("baseline", key) or not self.fits(key, cost):
                 continue
             self.upstream("adamw", seed)
             row = {}
@@ -801,21 +898,34 @@ class Pipeline:
         if a.redo and "start" in a.stages and os.path.isfile(self.head_file):
             os.remove(self.head_file)
         if "start" in a.stages:
-            self.start_model()  # trains and saves the shared head when absent
+            if not self.fits("the shared start", self.start_cost()):
+                return
+            self.start_model()  # trains and saves the shared start when absent
         if "timing" in a.stages:
             self.timing()
         for seed in a.seeds:
             for arm in a.arms:
-                if self.out_of_time():
-                    break
-                model = self.upstream(arm, seed) if self.todo("upstream", f"{arm}-s{seed}") else None
-                if self.todo("oneshot", f"{arm}-s{seed}") and not self.out_of_time():
+                key, model = f"{arm}-s{seed}", None
+                if self.todo("upstream", key) and self.fits(f"upstream {key}", self.upstream_cost(arm, seed)):
+                    model = self.upstream(arm, seed)
+                oneshot_cost = len(a.levels) * len(a.pruners) * 45 + 60
+                if self.todo("oneshot", key) and self.fits(
+                    f"oneshot {key}", oneshot_cost + (0 if model else self.upstream_cost(arm, seed))
+                ):
                     self.oneshot(arm, seed, model or self.upstream(arm, seed))
                 del model
             for name, task in self.data.tasks.items():
-                if self.out_of_time() or not any(
-                    self.todo(s, k) for s, k in downstream_keys(vars(a), seed, name)
-                ):
+                if not any(self.todo(s, k) for s, k in downstream_keys(vars(a), seed, name)):
+                    continue
+                teacher_saved = os.path.isfile(
+                    os.path.join(self.args.models_dir, f"teacher-{name}-s{seed}", "config.json")
+                )
+                cost = (
+                    0
+                    if teacher_saved
+                    else self.finetune_cost(a.teacher_steps) + self.upstream_cost("adamw", seed)
+                )
+                if not self.fits(f"the {name} teacher of seed {seed}", cost):
                     continue
                 teacher = self.teacher(task, seed)
                 for arm in a.arms:
@@ -848,7 +958,7 @@ def summarise(result: dict) -> dict:
     """Means and spreads over the seeds present, shares of dense, the goals, and what is missing."""
     cfg, rows = result["config"], result["rows"]
     get = lambda stage, key: rows.get(stage, {}).get(key)  # noqa: E731
-    out = {"start": get("start", "start")}
+    out = {"start": get("start", "head"), "warmup": get("start", "warmup")}
     rounds = [r["seconds_per_step"] for r in rows.get("timing", {}).values()]
     out["timing"] = {
         arm: {
@@ -1143,10 +1253,21 @@ def markdown(result: dict) -> str:
             "",
         ]
     if start:
+        warm = s["warmup"]
         lines += [
             f"**(a) Shared start**: the MLM head trained {start['steps']} steps with the encoder frozen — held-out "
             f"masked-token accuracy {start['untrained_head']['accuracy']:.3f} (fresh head) → "
-            f"**{start['dense']['accuracy']:.3f}**.",
+            f"**{start['dense']['accuracy']:.3f}**"
+            + (
+                f"; then the whole model {warm['steps']} steps dense (AdamW, lr {cfg['start_learning_rate']}) → "
+                f"**{warm['dense']['accuracy']:.3f}**, the start of every arm."
+                if warm
+                else (
+                    " (the start of every arm)."
+                    if not cfg["start_steps"]
+                    else "; the dense warm-up is missing."
+                )
+            ),
             "",
         ]
     seeds = ", ".join(map(str, cfg["seeds"]))

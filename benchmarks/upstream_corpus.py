@@ -196,10 +196,13 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sources", nargs="*", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("sources", nargs="*", help=f"some of {', '.join(SOURCES)} (default: all)")
     p.add_argument("--austen", default=None, help="The six novels as a gzip (else CRAM_HF_AUSTEN).")
     args = p.parse_args(argv)
-    _, _, manifest = build(args.sources, austen=args.austen)
+    unknown = set(args.sources) - set(SOURCES)
+    if unknown:
+        p.error(f"sources: {sorted(unknown)} not among {', '.join(SOURCES)}")
+    _, _, manifest = build(args.sources or SOURCES, austen=args.austen)
     print(json.dumps(manifest, indent=1))
     return 0
 

@@ -38,7 +38,10 @@ def full_rows():
     (SparseGPT) 0.30 / 0.32, CrAM+'s best (SparseGPT) 0.45 / 0.44 — 91.7 % of its dense, 13.5 points ahead.
     Transfer to BBC: CrAM+ dense FT 0.96, 80 % + KD 0.955 / 0.951 (0.7 below), AdamW 80 % + KD 0.93 / 0.93."""
     rows = {
-        "start": {"start": {"untrained_head": {"accuracy": 0.01}, "dense": {"accuracy": 0.42}, "steps": 300}},
+        "start": {
+            "head": {"untrained_head": {"accuracy": 0.01}, "dense": {"accuracy": 0.10}, "steps": 300},
+            "warmup": {"dense": {"accuracy": 0.42}, "steps": 1000},
+        },
         "timing": {
             "round0": {"seconds_per_step": {"adamw": 2.0, "cram": 4.0, "cram_i4": 2.5}},
             "round1": {"seconds_per_step": {"adamw": 2.0, "cram": 4.4, "cram_i4": 2.6}},
@@ -80,9 +83,10 @@ def result(rows=None, cfg=None):
 
 def test_expected_rows_cover_every_arm_seed_stage_and_skip_gradual_at_nm():
     keys = bu.expected(config())
-    # start, 2 timing rounds; per seed: 2 arms x (upstream, oneshot), teacher, 2 arms x (dense, 0.8, 0.9),
+    # start (head, warm-up), 2 timing rounds; per seed: 2 arms x (upstream, oneshot), teacher, 2 arms x (dense, 0.8, 0.9),
     # prune_down at 0.8 and 2:4, gradual at 0.8 only (no N:M schedule).
-    assert len(keys) == 3 + 2 * (4 + 1 + 6 + 2 + 1)
+    assert len(keys) == 4 + 2 * (4 + 1 + 6 + 2 + 1)
+    assert ("start", "warmup") not in bu.expected(config(ARGV + ["--start_steps", "0"]))
     assert ("baseline", "gradual-s1-bbc-0.8") in keys and ("baseline", "gradual-s1-bbc-2:4") not in keys
     assert ("baseline", "prune_down-s0-bbc-2:4") in keys and ("transfer", "cram-s1-bbc-dense") in keys
     assert bu.downstream_keys(config(), 1, "bbc") == [
@@ -117,7 +121,11 @@ def test_report_means_spread_shares_and_goals(tmp_path):
     assert s["timing"]["cram"]["ratio"]["mean"] == pytest.approx(2.1)  # 4.0/2.0 and 4.4/2.0
     assert "| CrAM+ Multi → SparseGPT (per matrix) | 2 | 0.480 ± 0.000 | 0.445 ± 0.007 (93%) |" in table
     assert "| CrAM+ Multi | 1500 | 2 | 10.0 min | 4.200 | 2.10× | 0.480 ± 0.000 |" in table
-    assert "All 31 rows present." in table and "0.010 (fresh head) → **0.420**" in table
+    assert (
+        "All 32 rows present." in table
+        and "0.010 (fresh head) → **0.100**; then the whole model 1000" in table
+    )
+    assert "→ **0.420**, the start of every arm." in table
     goals = {g["goal"]: g for g in s["goals"]}
     assert goals["CrAM+ keeps >= 90 % of dense at 80 % one-shot (best pruner)"]["met"] is True
     beat8 = goals["CrAM+ beats AdamW at 80% one-shot by more than the seed spread"]
@@ -147,7 +155,7 @@ def test_a_partial_run_states_what_is_missing_and_reports_the_rest(tmp_path):
         and "oneshot/cram-s1" in missing
         and "baseline/gradual-s0-bbc-0.8" in missing
     )
-    assert "**Missing: 14 of 31 rows**" in table
+    assert "**Missing: 14 of 32 rows**" in table
     assert "- upstream: 1 — cram-s1" in table and "- transfer: 6 — cram-s0-bbc-dense," in table
     # CrAM+ one-shot from its one seed: no spread, so "beats by more than the spread" is not claimed.
     assert r["summary"]["oneshot"]["cram"]["seeds"] == [0]
@@ -165,7 +173,7 @@ def test_a_partial_run_states_what_is_missing_and_reports_the_rest(tmp_path):
 def test_an_empty_run_reports_without_a_plot(tmp_path):
     r = result({})
     table = bu.write_report(r, str(tmp_path))
-    assert "**Missing: 31 of 31 rows**" in table and not (tmp_path / "upstream.png").exists()
+    assert "**Missing: 32 of 32 rows**" in table and not (tmp_path / "upstream.png").exists()
 
 
 def test_headline_pairs_are_balanced_with_same_topic_negatives():
@@ -215,3 +223,25 @@ def test_bert_base_preset_loads_and_flags_override_it(capsys):
     with pytest.raises(SystemExit):
         bu.parse_args(["--pruners", "obs/layer"])
     assert "pruner" in capsys.readouterr().err
+
+
+def test_a_budgeted_run_leaves_units_that_would_not_fit(tmp_path):
+    """--max_minutes: each unit's cost comes from the timing rows (and the start when it is not saved yet)."""
+    argv = ARGV + ["--output_dir", str(tmp_path), "--models_dir", str(tmp_path / "m"), "--max_minutes", "60"]
+    pipeline = bu.Pipeline(bu.parse_args(argv + ["--start_steps", "0"]), None, "model", str(tmp_path))
+    (tmp_path / "start_head.safetensors").write_bytes(b"saved")
+    assert pipeline.start_cost() == 0.0
+    assert pipeline.step_seconds("cram") == 2.3 * 3.0  # no timing rows yet: --step_seconds x a nominal cost
+    for r, (adamw, cram) in enumerate(((2.0, 4.0), (2.0, 5.0))):
+        pipeline.rows.put(
+            "timing", f"round{r}", {"seconds_per_step": {"adamw": adamw, "cram": cram, "cram_i4": 2.5}}
+        )
+    assert pipeline.step_seconds("cram") == 4.5 and pipeline.step_seconds("adamw_long") == 2.0
+    assert pipeline.upstream_cost("cram", 0) == 1500 * 4.5 + 120  # 115 min: more than the hour
+    assert not pipeline.fits("upstream cram-s0", pipeline.upstream_cost("cram", 0))
+    assert pipeline.fits("upstream adamw-s0", pipeline.upstream_cost("adamw", 0) - 2000)  # 19 min
+    (tmp_path / "m" / "cram-s0").mkdir(parents=True)
+    (tmp_path / "m" / "cram-s0" / "tokenizer_config.json").write_text("{}")
+    assert pipeline.upstream_cost("cram", 0) == 0.0  # saved: nothing to train
+    warm = bu.Pipeline(bu.parse_args(argv + ["--start_steps", "100"]), None, "model", str(tmp_path))
+    assert warm.start_cost() == 100 * 2.0 + 60 and warm.upstream_cost("adamw", 1) == 260 + 1500 * 2.0 + 120
