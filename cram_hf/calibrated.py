@@ -28,11 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .choices import CALIBRATED, METHODS  # noqa: F401 - part of this module's interface
 from .compression import Level
-from .sweep_options import METHODS  # noqa: F401 - torch-free, so the CLI can offer them
-
-CALIBRATED = ("wanda", "sparsegpt")
-
 
 # ------------------------------------------------------------------------------------------- the pruners
 

@@ -12,10 +12,10 @@ import os
 import random
 from typing import Optional, Sequence
 
+from .choices import TABLE_EXTENSIONS, TEXT_EXTENSIONS, extension
+
 logger = logging.getLogger(__name__)
 
-TEXT_FILES = (".txt", ".text")
-TABLE_FILES = (".csv", ".json", ".jsonl")
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "content")
 
 
@@ -28,15 +28,17 @@ def check_calibration_file(path: str, name: str = "calibration_file") -> None:
         raise IsADirectoryError(f"{name}: {path!r} is a folder; give one text file (a sample per line).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: no such file {path!r}.")
-    if os.path.splitext(path)[1].lower() not in TEXT_FILES + TABLE_FILES:
-        raise ValueError(f"{name}: needs a {'/'.join(TEXT_FILES + TABLE_FILES)} file, got {path!r}.")
+    if extension(path) not in TEXT_EXTENSIONS + TABLE_EXTENSIONS:
+        raise ValueError(
+            f"{name}: needs a {'/'.join(TEXT_EXTENSIONS + TABLE_EXTENSIONS)} file, got {path!r}."
+        )
     check_not_empty(path, name)
 
 
 def _texts_from_file(path: str, text_column: Optional[str]) -> list[str]:
     check_calibration_file(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext in TEXT_FILES:
+    ext = extension(path)
+    if ext in TEXT_EXTENSIONS:
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
     from datasets import load_dataset

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .choices import EVAL_MASK_SEED, METHODS
 from .errors import UsageError, validated
-from .sweep_options import METHODS
 
 # ---------------------------------------------------------------------------------------------- parser
 
@@ -175,7 +175,10 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label_column", default="label", help="classification: label column (default: label).")
     p.add_argument(
-        "--seed", type=int, default=0, help="Seed of the MLM masks (the same for every model and level)."
+        "--seed",
+        type=int,
+        default=EVAL_MASK_SEED,
+        help="Seed of the MLM masks (the same for every model and level, and as in the recipes' one-shot table).",
     )
     p.add_argument("--disable_tqdm", action="store_true", help="No progress bar.")
 
@@ -322,17 +325,6 @@ def cmd_prune(args) -> int:
     if args.push_to_hub:
         return _push(args.output_dir, args.push_to_hub, args.private, args.token, None)
     return 0
-
-
-# What a saved tokenizer leaves in a model folder (fast, WordPiece, BPE or SentencePiece).
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-)
 
 
 def _load_tokenizer(path: str):

@@ -15,10 +15,11 @@ from typing import Sequence, Union
 
 import torch
 
+from .choices import SCOPES, check_choice
+
 Level = Union[float, tuple[int, int]]
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-SCOPES = ("global", "layer")
 
 
 def parse_level(value, name: str = "sparsity") -> Level:
@@ -170,8 +171,7 @@ def magnitude_masks(
     sparsity = parse_level(sparsity)
     if isinstance(sparsity, tuple):
         raise ValueError("sparsity: magnitude_masks takes a float; use nm_mask for N:M patterns.")
-    if scope not in SCOPES:
-        raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}.")
+    check_choice(scope, SCOPES, "scope")
     if not tensors:
         return []
     if scope == "layer":

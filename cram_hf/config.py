@@ -10,7 +10,8 @@ from typing import Optional
 from transformers import TrainingArguments
 
 from .checkpoint import check_model_source
-from .compression import SCOPES, level_name, parse_level, parse_levels
+from .choices import SCOPES, check_choice
+from .compression import level_name, parse_level, parse_levels
 from .targets import validate_patterns
 
 DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
@@ -190,8 +191,7 @@ class CrAMConfig(TrainingArguments):
         self.cram_rho = _finite_number("cram_rho", self.cram_rho, "a finite number >= 0", lambda v: v >= 0)
         # Canonical strings, so the field holds what its type says: "0.5", "2:4".
         self.cram_sparsities = [level_name(v) for v in parse_levels(self.cram_sparsities, "cram_sparsities")]
-        if self.cram_scope not in SCOPES:
-            raise ValueError(f"cram_scope: must be one of {SCOPES}, got {self.cram_scope!r}.")
+        check_choice(self.cram_scope, SCOPES, "cram_scope")
         if isinstance(self.cram_targets, str):
             self.cram_targets = [self.cram_targets]
         self.cram_targets = validate_patterns(self.cram_targets) or None

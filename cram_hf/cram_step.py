@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compression import SCOPES, Level, check_nm_shape, compression_masks, parse_level
+from .choices import SCOPES, check_choice
+from .compression import Level, check_nm_shape, compression_masks, parse_level
 from .targets import Patterns, check_trainable_targets, named_targets, unique_trainable
 
 
@@ -80,8 +81,7 @@ class CrAM:
     ):
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 0):
             raise ValueError(f"cram_rho: must be a finite number >= 0, got {rho!r}.")
-        if scope not in SCOPES:
-            raise ValueError(f"cram_scope: must be one of {SCOPES}, got {scope!r}.")
+        check_choice(scope, SCOPES, "cram_scope")
         self.rho = float(rho)
         self.levels = [parse_level(v, "cram_sparsities") for v in levels]
         self.plus, self.sparse_grad, self.scope, self.grad_norm = plus, sparse_grad, scope, grad_norm

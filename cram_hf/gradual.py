@@ -42,7 +42,8 @@ from typing import Optional
 from torch import nn
 from transformers import TrainerCallback
 
-from .compression import SCOPES, parse_level
+from .choices import SCOPES, check_choice
+from .compression import parse_level
 from .pruning import SparsityReport, prune, validate_pruning
 from .sparse_finetune import KeepSparsityCallback, masks_from_zeros
 from .targets import Patterns, validate_patterns
@@ -135,8 +136,7 @@ class GradualPruningCallback(TrainerCallback):
         update_every = _step(update_every, "update_every")
         if update_every < 1:
             raise ValueError(f"update_every: must be >= 1, got {update_every}.")
-        if scope not in SCOPES:
-            raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}.")
+        check_choice(scope, SCOPES, "scope")
         self.update_every = update_every
         self.scope = scope
         self.targets = validate_patterns(targets, "targets") or None

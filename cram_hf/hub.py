@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from .checkpoint import SPARSITY_CONFIG, read_sparsity_config
+from .checkpoint import SPARSITY_CONFIG, lacks_tokenizer, read_sparsity_config
 
 SWEEP_JSON = "sweep.json"
 CARD_NAME = "README.md"
@@ -194,10 +194,7 @@ def model_card(folder, repo_id: Optional[str] = None, sweep_file: Optional[str] 
     repo = repo_id or "ORG/NAME"
     patterns = config.get("target_patterns") if config.get("target_rule") == "regex" else None
     targets_arg = f", targets={patterns!r}" if patterns else ""
-    has_tokenizer = any(
-        os.path.isfile(os.path.join(folder, f))
-        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-    )
+    has_tokenizer = not lacks_tokenizer(folder)
     tokenizer_line = f'\ntokenizer = AutoTokenizer.from_pretrained("{repo}")' if has_tokenizer else ""
     tokenizer_import = ", AutoTokenizer" if has_tokenizer else ""
 
@@ -269,14 +266,6 @@ trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[keep])
 ```
 """
     return "\n".join(front) + "\n\n" + body
-
-
-def write_model_card(folder, repo_id: Optional[str] = None) -> str:
-    """Write the model card into ``folder/README.md`` (only when asked: ``push`` never does)."""
-    path = os.path.join(os.fspath(folder), CARD_NAME)
-    with open(path, "w") as f:
-        f.write(model_card(folder, repo_id))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ push

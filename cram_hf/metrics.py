@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -251,8 +251,3 @@ def qa_metrics(
     if version_2_with_negative:
         return squad_v2_metrics(predictions, references, no_answer_probabilities)
     return squad_metrics(predictions, references)
-
-
-def metric_summary(metrics: Mapping[str, float], keys: Sequence[str]) -> str:
-    """``"accuracy 0.8125, f1 0.8000"`` for the keys present (for progress lines and tables)."""
-    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)

@@ -18,7 +18,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .compression import SCOPES, check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
+from .choices import SCOPES, check_choice
+from .compression import check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
 from .compression import num_pruned as num_pruned_of
 from .targets import Patterns, target_names, validate_patterns
 
@@ -129,8 +130,7 @@ def sparsity_report(model: nn.Module, targets: Patterns = None) -> SparsityRepor
 def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets: Patterns = None):
     """Check every argument against the model without touching it; return ``(level, target names)``."""
     level = parse_level(sparsity, "sparsity")
-    if scope not in SCOPES:
-        raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}.")
+    check_choice(scope, SCOPES, "scope")
     names = target_names(model, targets, name="targets")
     params = dict(model.named_parameters())
     for n in names:
@@ -221,7 +221,7 @@ def prune(
     Every argument is validated before any weight changes; kept weights and non-targets are untouched by
     magnitude pruning (SparseGPT updates the kept weights of the targets, by design).
     """
-    from .calibrated import CALIBRATED, METHODS
+    from .choices import CALIBRATED, METHODS
 
     t0 = time.perf_counter()
     if method not in METHODS:

@@ -33,14 +33,14 @@ from torch import nn
 from .arguments import UsageError, validated
 from .calibration import check_calibration_file
 from .checkpoint import check_writable_dir, save_finetuned_sparsity_config
-from .compression import SCOPES, level_name, parse_level, parse_levels
+from .choices import METHODS, SCOPES, check_choice
+from .compression import level_name, parse_level, parse_levels
 from .config import DEFAULT_SPARSITIES, CrAMConfig
 from .distillation import check_teacher_fits, load_teacher
 from .files import write_json
 from .gradual import GradualPruningCallback, _sparsity
 from .pruning import format_one_shot_table, one_shot, reachable, target_zeros
 from .sparse_finetune import KeepSparsityCallback, keep_sparsity_callback, target_sparsity
-from .sweep_options import METHODS
 from .targets import Patterns, target_names
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,12 @@ class SparseTransferArguments(EvalPruningArguments):
             "const": True,
         },
     )
-    eval_sparsities: list[str] = field(
-        default_factory=list,
+    eval_sparsities: Optional[list[str]] = field(
+        default=None,
         metadata={
             "help": "After fine-tuning, prune a copy of the model one-shot at each of these levels (sparsities in "
-            "[0, 1) and/or N:M patterns such as 2:4) and evaluate it; writes eval_sparsities.json.",
+            "[0, 1) and/or N:M patterns such as 2:4) and evaluate it; writes eval_sparsities.json. Default: the "
+            "run's CrAM levels (none without CrAM); 'none' for none.",
             "nargs": "*",
         },
     )
@@ -152,11 +153,11 @@ class SparseTransferArguments(EvalPruningArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        self.eval_sparsities = [level_name(v) for v in parse_levels(self.eval_sparsities, "eval_sparsities")]
-        if self.eval_sparsity_scope not in SCOPES:
-            raise ValueError(
-                f"eval_sparsity_scope: must be one of {SCOPES}, got {self.eval_sparsity_scope!r}."
-            )
+        if self.eval_sparsities is not None:
+            self.eval_sparsities = [
+                level_name(v) for v in parse_levels(self.eval_sparsities, "eval_sparsities")
+            ]
+        check_choice(self.eval_sparsity_scope, SCOPES, "eval_sparsity_scope")
 
 
 GRADUAL_METHOD = "gradual magnitude"  # the "method" of sparsity_config.json for a gradually pruned model
@@ -231,8 +232,7 @@ class GradualPruningArguments:
                 f"gradual_end_step: must be an optimizer step after --gradual_start_step "
                 f"({self.gradual_start_step}), got {end!r}."
             )
-        if self.gradual_scope not in SCOPES:
-            raise ValueError(f"gradual_scope: must be one of {SCOPES}, got {self.gradual_scope!r}.")
+        check_choice(self.gradual_scope, SCOPES, "gradual_scope")
 
 
 @dataclass
@@ -328,6 +328,17 @@ def from_the_hub(flag: str, name: Optional[str], instead: str):
         else:
             why = "it could not be fetched from the Hub (" + " ".join(str(err).split())[:200] + ")"
         raise UsageError(f"{flag}: {name!r}: {why}; {instead}.") from err
+
+
+def eval_levels(given: Optional[Sequence], args: CrAMConfig) -> list[str]:
+    """The one-shot levels a recipe evaluates after training: ``--eval_sparsities`` when given (``none``: no
+    table), else the run's CrAM levels — none when CrAM is off or there is no ``--do_eval``. The same rule in
+    the three recipes."""
+    if given is not None:
+        return list(given)
+    if not (args.cram_enabled and args.do_eval):
+        return []
+    return [level_name(level) for level in args.cram_levels]
 
 
 def check_sample_limits(args) -> None:

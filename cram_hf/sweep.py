@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .choices import TABLE_EXTENSIONS, TEXT_EXTENSIONS, builder_for, extension
 from .compression import Level, level_name, level_sparsity
 from .files import check_not_empty, replacing
 from .pruning import (
@@ -31,9 +32,7 @@ from .sweep_options import (  # noqa: F401 - part of this module's interface
     DEFAULT_LEVELS,
     HIGHER_IS_BETTER,
     METRICS,
-    TABLE_EXTENSIONS,
     TASKS,
-    TEXT_EXTENSIONS,
     SweepOptions,
 )
 
@@ -43,17 +42,12 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- arguments
 
 
-def _extension(path: str) -> str:
-    base = path[:-3] if path.endswith(".gz") else path
-    return os.path.splitext(base)[1].lower()
-
-
 def check_validation_file(path: str, task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"--task: must be one of {TASKS}, got {task!r}.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--validation_file: no such file {path!r}.")
-    ext = _extension(path)
+    ext = extension(path)
     allowed = TEXT_EXTENSIONS + TABLE_EXTENSIONS if task == "mlm" else TABLE_EXTENSIONS
     if ext not in allowed:
         raise ValueError(f"--validation_file: {task} needs a {'/'.join(allowed)} file, got {path!r}.")
@@ -103,9 +97,7 @@ def check_metric(metric: Optional[str], task: str) -> str:
 def _load_raw(path: str):
     from datasets import load_dataset
 
-    ext = _extension(path)
-    builder = "text" if ext in TEXT_EXTENSIONS else ("csv" if ext == ".csv" else "json")
-    return load_dataset(builder, data_files=path, split="train")
+    return load_dataset(builder_for(path), data_files=path, split="train")
 
 
 # ------------------------------------------------------------------------------------------ evaluation

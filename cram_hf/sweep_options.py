@@ -6,14 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+from .choices import EVAL_MASK_SEED, METHODS, SCOPES, TABLE_EXTENSIONS, TEXT_EXTENSIONS  # noqa: F401 - re-exported
+
 TASKS = ("mlm", "classification")
 METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": False}
 DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
-TEXT_EXTENSIONS = (".txt", ".text", ".raw")
-TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
-METHODS = ("magnitude", "wanda", "sparsegpt")  # the pruners of cram_hf.prune
-SCOPES = ("global", "layer")
 
 
 @dataclass
@@ -53,7 +51,7 @@ class SweepOptions:
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     mlm_probability: float = 0.15
-    seed: int = 0
+    seed: int = EVAL_MASK_SEED
     methods: Sequence[str] = ("magnitude",)
     calibration_file: Optional[str] = None
     num_calibration_samples: int = 128

@@ -40,6 +40,7 @@ from cram_hf.arguments import (
     setup_logging,
 )
 from cram_hf.checkpoint import check_model_source
+from cram_hf.choices import EVAL_MASK_SEED, TABLE_EXTENSIONS, TEXT_EXTENSIONS, builder_for, extension
 from cram_hf.compression import parse_levels
 from cram_hf.files import check_not_empty
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
@@ -51,6 +52,7 @@ from cram_hf.recipe_support import (
     check_gradual_pruning,
     check_model_fits,
     check_sample_limits,
+    eval_levels,
     evaluate_sparsities,
     from_the_hub,
     gradual_pruning_callback,
@@ -62,7 +64,6 @@ from cram_hf.recipe_support import (
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())
-DATA_EXTENSIONS = ("txt", "csv", "json", "jsonl")
 
 
 @dataclass
@@ -154,7 +155,8 @@ class DataTrainingArguments(EvalPruningArguments):
     eval_sparsities: Optional[list[str]] = field(
         default=None,
         metadata={
-            "help": "One-shot levels evaluated after training (default: the training levels; 'none' for none)."
+            "help": "One-shot levels evaluated after training. Default: the run's CrAM levels (none without CrAM); "
+            "'none' for none."
         },
     )
 
@@ -171,8 +173,10 @@ class DataTrainingArguments(EvalPruningArguments):
             path = getattr(self, name)
             if path is None:
                 continue
-            if path.rsplit(".", 1)[-1] not in DATA_EXTENSIONS:
-                raise ValueError(f"{name}: {path!r} must be one of {', '.join(DATA_EXTENSIONS)}.")
+            if extension(path) not in TEXT_EXTENSIONS + TABLE_EXTENSIONS:
+                raise ValueError(
+                    f"{name}: {path!r} must be a {'/'.join(TEXT_EXTENSIONS + TABLE_EXTENSIONS)} file."
+                )
             if not os.path.isfile(path):
                 raise ValueError(f"{name}: {path!r} does not exist.")
             check_not_empty(path, name)
@@ -209,8 +213,7 @@ def load_raw_datasets(data_args, model_args):
         files["train"] = data_args.train_file
     if data_args.validation_file:
         files["validation"] = data_args.validation_file
-    extension = next(iter(files.values())).rsplit(".", 1)[-1]
-    builder = {"txt": "text", "jsonl": "json"}.get(extension, extension)
+    builder = builder_for(next(iter(files.values())))
     kwargs = {"keep_linebreaks": True} if builder == "text" else {}
     raw = datasets.load_dataset(builder, data_files=files, **kwargs, **hub)
     if "validation" not in raw and "train" in raw and data_args.validation_split_percentage:
@@ -266,6 +269,7 @@ def main(argv=None):
     model_args, data_args, gradual_args, training_args = parse_args(build_parser(), argv)
 
     setup_logging(training_args, logger)
+    data_args.eval_sparsities = eval_levels(data_args.eval_sparsities, training_args)
 
     # Checked before any data or weights are read.
     check_gradual_pruning(gradual_args, training_args)
@@ -277,7 +281,7 @@ def main(argv=None):
         config,
         AutoModelForMaskedLM,
         training_args,
-        data_args.eval_sparsities or (),
+        data_args.eval_sparsities,
         trust_remote_code=model_args.trust_remote_code,
     )
     teacher = load_distill_teacher(training_args, config, AutoModelForMaskedLM, **hub_kwargs(model_args))
@@ -349,9 +353,9 @@ def main(argv=None):
         trainer.save_state()
 
     if training_args.do_eval:
-        # A fixed masking seed: every level is scored on the same masked tokens.
+        # A fixed masking seed: every level is scored on the same masked tokens, those cram-hf sweep scores on.
         eval_collator = ReproducibleMLMCollator(
-            tokenizer, mlm_probability=data_args.mlm_probability, seed=1234
+            tokenizer, mlm_probability=data_args.mlm_probability, seed=EVAL_MASK_SEED
         )
 
         def evaluate():
@@ -371,8 +375,6 @@ def main(argv=None):
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         levels = data_args.eval_sparsities
-        if levels is None:
-            levels = training_args.cram_levels
         if levels and trainer.is_world_process_zero():
             evaluate_sparsities(
                 evaluate,

@@ -67,6 +67,7 @@ from cram_hf.recipe_support import (
     check_model_fits,
     check_model_path,
     check_sample_limits,
+    eval_levels,
     evaluate_sparsities,
     from_the_hub,
     gradual_pruning_callback,
@@ -196,6 +197,7 @@ def main(argv=None):
     model_args, data_args, sparse_args, gradual_args, training_args = parse_args(argv)
 
     setup_logging(training_args, logger)
+    sparse_args.eval_sparsities = eval_levels(sparse_args.eval_sparsities, training_args)
 
     if sparse_args.eval_sparsities and not training_args.do_eval:
         raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")

@@ -67,7 +67,9 @@ def run(cls, args_cls, steps, **extra):
         for _ in range(32)
     ]
     args = args_cls(
-        output_dir="/tmp/ddp-cram-test",
+        output_dir=os.path.join(
+            os.path.dirname(os.path.abspath(sys.argv[1])), "trainer"
+        ),  # the test's tmp_path
         max_steps=steps,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,

@@ -333,5 +333,5 @@ def test_a_calibrated_checkpoint_records_the_method_and_reloads(setup, tmp_path)
     from cram_hf.hub import model_card
 
     card = model_card(tmp_path / "out")
-    assert "one-shot sparsegpt pruning to the 2:4 pattern" in card and "2:4" in card
+    assert "one-shot SparseGPT pruning to the 2:4 pattern" in card and "2:4" in card
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), m.parameters()))

@@ -5,8 +5,10 @@ from transformers import BertForMaskedLM, TrainingArguments
 from cram_hf import CrAMConfig, CrAMTrainer
 
 
-def config(**kw):
-    return CrAMConfig(output_dir="/tmp/cram-config-test", report_to=[], **kw)
+@pytest.fixture
+def config(tmp_path):
+    """``CrAMConfig(**fields)`` writing (if anything) under the test's own temporary folder."""
+    return lambda **kw: CrAMConfig(output_dir=str(tmp_path), report_to=[], **kw)
 
 
 @pytest.mark.parametrize(
@@ -24,19 +26,19 @@ def config(**kw):
         ("optim", "lomo", "optim"),
     ],
 )
-def test_bad_values_are_refused_with_the_field_name(field, value, msg):
+def test_bad_values_are_refused_with_the_field_name(config, field, value, msg):
     with pytest.raises(ValueError, match=msg):
         config(**{field: value})
 
 
-def test_levels_are_normalised():
+def test_levels_are_normalised(config):
     args = config(cram_sparsities=["0.5", 0.7, " 2 : 4", 0.123456789])
     assert args.cram_sparsities == ["0.5", "0.7", "2:4", "0.123456789"]  # the type says list[str]
     assert args.cram_levels == [0.5, 0.7, (2, 4), 0.123456789]
     assert config(cram_rho=0.0, cram_sparsities=[]).cram_enabled is False
 
 
-def test_trainer_checks_targets_against_the_model(tiny_config):
+def test_trainer_checks_targets_against_the_model(config, tiny_config, tmp_path):
     model = BertForMaskedLM(tiny_config)
     with pytest.raises(ValueError, match="matches no parameter"):
         CrAMTrainer(model=model, args=config(cram_targets=[r"nothing_like_this"]))
@@ -47,10 +49,10 @@ def test_trainer_checks_targets_against_the_model(tiny_config):
     with pytest.raises(ValueError, match="not divisible by M=32"):
         CrAMTrainer(model=model, args=config(cram_sparsities=["16:32"]))  # hidden size 16
     with pytest.raises(TypeError, match="CrAMConfig"):
-        CrAMTrainer(model=model, args=TrainingArguments(output_dir="/tmp/x", report_to=[]))
+        CrAMTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
 
 
-def test_default_targets_are_the_linear_weights_of_the_layers(tiny_config):
+def test_default_targets_are_the_linear_weights_of_the_layers(config, tiny_config):
     model = BertForMaskedLM(tiny_config)
     names = [n for n, _ in CrAMTrainer(model=model, args=config()).cram.targets]
     assert len(names) == 6 * tiny_config.num_hidden_layers

@@ -156,13 +156,13 @@ def test_gradient_accumulation_is_mean_of_per_micro_batch_directions(tmp_path, t
     assert not torch.allclose(wrong[w], ds[0][w], atol=1e-6)
 
 
-def test_weights_restored_bit_exactly_and_grad_holds_direction(tiny_config):
+def test_weights_restored_bit_exactly_and_grad_holds_direction(tiny_config, tmp_path):
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_config)
     trainer = CrAMTrainer(
         model=model,
         args=CrAMConfig(
-            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
         ),
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
@@ -215,9 +215,9 @@ def tiny_bert(config):
     return config
 
 
-def test_level_sequence_is_a_function_of_seed_and_step(tiny_config):
+def test_level_sequence_is_a_function_of_seed_and_step(tiny_config, tmp_path):
     model = BertForMaskedLM(tiny_config)
-    args = CrAMConfig(output_dir="/tmp/unused", report_to=[], cram_sparsities=["0.5", "0.7", "0.9", "2:4"])
+    args = CrAMConfig(output_dir=str(tmp_path), report_to=[], cram_sparsities=["0.5", "0.7", "0.9", "2:4"])
     a = CrAMTrainer(model=model, args=args).cram
     b = CrAMTrainer(model=copy.deepcopy(model), args=args).cram
     seq = [a.level_at(t) for t in range(200)]

@@ -284,7 +284,7 @@ def test_loss_is_scaled_for_ga_is_honoured(tmp_path, tiny_config):
 # --- 5. failure paths ------------------------------------------------------------------------------------
 
 
-def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, monkeypatch):
+def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, monkeypatch, tmp_path):
     import cram_hf.cram_step as cram_step
 
     torch.manual_seed(0)
@@ -292,7 +292,7 @@ def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, 
     trainer = CrAMTrainer(
         model=model,
         args=CrAMConfig(
-            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
         ),
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
@@ -313,7 +313,7 @@ def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, 
     assert all(not p._backward_hooks for _, p in trainer.cram.targets)
 
 
-def test_an_error_in_the_compressed_pass_restores_the_weights(tiny_config):
+def test_an_error_in_the_compressed_pass_restores_the_weights(tiny_config, tmp_path):
     class FailsSecond(CrAMTrainer):
         calls = 0
 
@@ -328,7 +328,7 @@ def test_an_error_in_the_compressed_pass_restores_the_weights(tiny_config):
     trainer = FailsSecond(
         model=model,
         args=CrAMConfig(
-            output_dir="/tmp/unused", report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, cram_rho=0.5, cram_sparsities=["0.9"]
         ),
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
@@ -405,12 +405,12 @@ def test_default_args_work_for_a_model_without_a_layer_list(tmp_path, monkeypatc
 # --- host reads -----------------------------------------------------------------------------------------
 
 
-def step_reads(level, scope="global", scaler=False, stock=False):
+def step_reads(output_dir, level, scope="global", scaler=False, stock=False):
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_bert_config(num_hidden_layers=12))  # 72 targets, as many as bert-base
     levels = [level] if level else []
     args = CrAMConfig(
-        output_dir="/tmp/unused",
+        output_dir=str(output_dir),
         report_to=[],
         use_cpu=True,
         cram_sparsities=levels,
@@ -431,26 +431,26 @@ def step_reads(level, scope="global", scaler=False, stock=False):
 
 
 @pytest.fixture(scope="module")
-def model_reads():
+def model_reads(tmp_path_factory):
     """Reads the model's own forward makes (transformers 5.x BERT: none; 4.57 checks its padding and
     attention mask on the host, 2 reads). A CrAM step runs two forwards and must add nothing to them."""
-    return step_reads(None, stock=True).total
+    return step_reads(tmp_path_factory.mktemp("reads"), None, stock=True).total
 
 
 @pytest.mark.parametrize(
     "level,scope",
     [("0.7", "global"), ("0.7", "layer"), ("2:4", "global"), ("4:8", "global"), (None, "global")],
 )
-def test_a_cram_step_reads_nothing_back_to_the_host(level, scope, model_reads):
-    reads = step_reads(level, scope)
+def test_a_cram_step_reads_nothing_back_to_the_host(level, scope, model_reads, tmp_path):
+    reads = step_reads(tmp_path, level, scope)
     passes = 2 if level else 1  # CrAM off: the stock step, one forward
     assert reads.total == passes * model_reads, reads.by_op
     if transformers.__version__.startswith("5."):
         assert reads.total == 0, reads.by_op
 
 
-def test_with_fp16_loss_scaling_the_finiteness_decision_is_the_only_host_read(model_reads):
-    reads = step_reads("0.7", scaler=True)
+def test_with_fp16_loss_scaling_the_finiteness_decision_is_the_only_host_read(model_reads, tmp_path):
+    reads = step_reads(tmp_path, "0.7", scaler=True)
     assert reads.total == 1 + 2 * model_reads, reads.by_op
 
 

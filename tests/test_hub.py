@@ -20,7 +20,6 @@ import yaml
 from conftest import make_tiny_tokenizer, tiny_bert_config
 from transformers import BertForMaskedLM
 
-from cram_hf import hub
 from cram_hf.checkpoint import save_sparse
 from cram_hf.cli import main
 from cram_hf.hub import HubError, model_card, push_to_hub
@@ -356,11 +355,3 @@ def test_cli_prune_with_push_but_no_token_fails_before_loading(tmp_path, online,
     )
     assert rc == 2 and "No Hugging Face token" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
-
-
-def test_write_model_card_only_when_asked(tmp_path):
-    folder = _checkpoint(tmp_path)
-    assert not (folder / "README.md").exists()
-    path = hub.write_model_card(folder, "me/x")
-    with open(path) as f:
-        assert f.read() == model_card(folder, "me/x")

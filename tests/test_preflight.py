@@ -592,6 +592,25 @@ def test_a_sample_limit_of_zero_is_refused_while_parsing(data, tmp_path, name, f
     parse(name, recipe_args(name, data, out, flag, "1"))
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_the_one_shot_table_defaults_to_the_runs_cram_levels_in_every_recipe(data, tmp_path, name):
+    from cram_hf.recipe_support import eval_levels
+
+    def levels(*flags):
+        parsed = parse(name, recipe_args(name, data, tmp_path / "out", *flags))
+        given = parsed[1 if name == "run_mlm_cram" else 2].eval_sparsities
+        return [
+            str(v) if not isinstance(v, tuple) else f"{v[0]}:{v[1]}" for v in eval_levels(given, parsed[-1])
+        ]
+
+    cram = ["--cram_rho", "0.05", "--cram_sparsities", "0.5", "2:4"]
+    assert levels(*cram, "--do_eval") == ["0.5", "2:4"]
+    assert levels(*cram) == []  # no evaluation set, no table
+    assert levels(*cram, "--do_eval", "--eval_sparsities", "none") == []
+    assert levels(*cram, "--do_eval", "--eval_sparsities", "0.9") == ["0.9"]
+    assert levels("--cram_rho", "0", "--cram_sparsities", "none", "--do_eval") == []  # CrAM off: none
+
+
 # --- 8. --keep_sparsity as a bare flag ----------------------------------------------------------------------
 
 
