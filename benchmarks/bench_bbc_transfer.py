@@ -190,12 +190,14 @@ def train(
     teacher=None,
     distill_options=None,
     config_options=None,
+    resume=None,
 ):
     """Train ``model`` in place (CrAM+ with ``args.cram_rho``/``args.cram_sparsities`` and any other ``cram_*``
     fields in ``cram_options`` when ``cram``, else the plain optimizer; with ``teacher``, distilling from it
     with the ``distill_*`` fields in ``distill_options``); returns the timing. ``config_options``: other
-    ``CrAMConfig`` fields, over these defaults (e.g. ``use_cpu=False, bf16=True`` on a GPU)."""
-    config = CrAMConfig(
+    ``CrAMConfig`` fields, over these defaults (e.g. ``use_cpu=False, bf16=True`` on a GPU; ``output_dir`` and
+    ``save_*`` for a run that checkpoints); ``resume``: a checkpoint of that run to go on from."""
+    fields = dict(
         output_dir=os.path.join(workdir, name),
         max_steps=steps,
         per_device_train_batch_size=args.batch_size,
@@ -214,8 +216,9 @@ def train(
         cram_sparsities=list(args.cram_sparsities) if cram else [],
         **((cram_options or {}) if cram else {}),
         **((distill_options or {}) if teacher is not None else {}),
-        **({"use_cpu": True} | (config_options or {})),
+        use_cpu=True,
     )
+    config = CrAMConfig(**(fields | (config_options or {})))
     trainer = trainer_cls(
         model=model,
         args=config,
@@ -226,7 +229,7 @@ def train(
         teacher_model=teacher,
     )
     start = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - start
     log(f"  {name}: {steps} steps in {seconds:.0f} s ({steps / seconds:.2f} steps/s)")
     return {"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds}

@@ -47,6 +47,7 @@ import argparse
 import glob
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,7 @@ from transformers import (
     DataCollatorWithPadding,
     TrainerCallback,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from cram_hf.compression import parse_level
 from cram_hf.files import write_json
@@ -105,6 +107,30 @@ HEAD = ("cls.predictions.transform.", "cls.predictions.bias", "cls.predictions.d
 
 
 # --- options -------------------------------------------------------------------------------------------------
+
+
+QUICK = {
+    "head_steps": 4,
+    "start_steps": 2,
+    "upstream_steps": 4,
+    "finetune_steps": 2,
+    "teacher_steps": 2,
+    "batch_size": 8,
+    "task_batch_size": 8,
+    "timing_steps": 2,
+    "timing_rounds": 1,
+    "curve_points": 1,
+    "transfer_pruner": "magnitude/global",  # SparseGPT runs in the one-shot and prune-downstream stages
+    "max_seq_length": 32,
+    "task_max_seq_length": 32,
+    "eval_blocks": 32,
+    "calibration_samples": 8,
+    "gradual_update_every": 1,
+    "levels": ["0.7", "2:4"],
+    "transfer_levels": ["0.8"],
+    "baseline_levels": ["0.8"],
+    "seeds": [0],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="Seconds of a plain step (upstream and downstream), to plan a --max_minutes run before timing rows exist.",
     )
+    g.add_argument("--save_every", type=int, default=100, help="Upstream checkpoint interval (steps).")
     g.add_argument("--timing_steps", type=int, default=8)
     g.add_argument("--timing_rounds", type=int, default=2)
     g = p.add_argument_group("(c) one-shot")
@@ -225,16 +252,10 @@ def parse_args(argv=None):
         method, _, scope = pruner.partition("/")
         if method not in ev.PRUNER_NAMES or scope not in ev.SCOPE_NAMES:
             p.error(f"pruner: method/scope with method in magnitude, wanda, sparsegpt, got {pruner}")
-    if args.quick:
-        args.head_steps, args.upstream_steps, args.finetune_steps, args.teacher_steps = 4, 4, 2, 2
-        args.start_steps, args.batch_size, args.task_batch_size = 2, 8, 8
-        args.timing_steps, args.timing_rounds, args.curve_points = 2, 1, 1
-        # SparseGPT is exercised by the one-shot and prune-downstream runs.
-        args.transfer_pruner = "magnitude/global"
-        args.max_seq_length, args.task_max_seq_length, args.eval_blocks = 32, 32, 32
-        args.calibration_samples, args.gradual_update_every = 8, 1
-        args.levels, args.transfer_levels, args.baseline_levels = ["0.7", "2:4"], ["0.8"], ["0.8"]
-        args.seeds = args.seeds[:1] if args.seeds == [0, 1, 2] else args.seeds
+    if args.quick:  # tiny steps and data; an option given on the command line keeps its value
+        for name, value in QUICK.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
     if args.models_dir is None:  # outside the work tree, which a new session lays anew (the machine may stay)
         args.models_dir = os.path.join("out", "upstream-models-quick") if args.quick else MODELS_DIR
     return args
@@ -444,6 +465,18 @@ class Curve(TrainerCallback):
             model.train(was)
 
 
+class Deadline(TrainerCallback):
+    """Stops a run at ``deadline`` (a ``time.time()``) with a checkpoint; ``stopped``: the step it stopped at."""
+
+    def __init__(self, deadline):
+        self.deadline, self.stopped = deadline, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.deadline is not None and time.time() > self.deadline and state.global_step < state.max_steps:
+            control.should_save = control.should_training_stop = True
+            self.stopped = state.global_step
+
+
 class Pipeline:
     def __init__(self, args, data, model_path, workdir):
         self.args, self.data, self.model_path, self.workdir = args, data, model_path, workdir
@@ -612,7 +645,20 @@ class Pipeline:
         log(f"(a) start: masked-token accuracy {dense['accuracy']:.4f}")
         return model
 
-    def train_mlm(self, model, *, seed, name, steps, lr, cram, cram_options=None, callbacks=()):
+    def train_mlm(
+        self,
+        model,
+        *,
+        seed,
+        name,
+        steps,
+        lr,
+        cram,
+        cram_options=None,
+        callbacks=(),
+        checkpoints=None,
+        resume=None,
+    ):
         return train(
             model,
             self.data.mlm_train,
@@ -627,7 +673,8 @@ class Pipeline:
             workdir=self.workdir,
             collator=ReproducibleMLMCollator(self.data.tokenizer, seed=seed),
             trainer_cls=CrAMTrainerForMaskedLM,
-            config_options=self.config_options,
+            config_options=self.config_options | (checkpoints or {}),
+            resume=resume,
         )
 
     # (b) timing and upstream arms
@@ -674,9 +721,15 @@ class Pipeline:
         if done and (key in self.made or not (self.args.redo and "upstream" in self.args.stages)):
             return self.to_device(AutoModelForMaskedLM.from_pretrained(folder))
         steps = arm_steps(vars(self.args), arm)
-        log(f"(b) seed {seed}: {ARMS[arm]}, {steps} steps")
+        # Checkpoints every --save_every steps: a run stopped by --max_minutes (or killed) goes on from the last.
+        ckpt = os.path.join(self.args.models_dir, f"ckpt-{key}")
+        if self.args.redo and "upstream" in self.args.stages and key not in self.made:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        last = get_last_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+        log(f"(b) seed {seed}: {ARMS[arm]}, {steps} steps" + (f", going on from {last}" if last else ""))
         model = self.start_model()
         cram = arm in ("cram", "cram_i4")
+        deadline = Deadline(self.deadline)
         timing = self.train_mlm(
             model,
             seed=seed,
@@ -685,12 +738,36 @@ class Pipeline:
             lr=self.args.learning_rate,
             cram=cram,
             cram_options=TIMED.get(arm) if cram else None,
+            callbacks=[deadline],
+            checkpoints={
+                "output_dir": ckpt,
+                "save_strategy": "steps",
+                "save_steps": self.args.save_every,
+                "save_total_limit": 1,
+            },
+            resume=last,
         )
+        parts_file = os.path.join(ckpt, "bench_parts.json")
+        parts = json.load(open(parts_file)) if os.path.isfile(parts_file) else []
+        parts.append({"seconds": timing["seconds"], "stopped_at": deadline.stopped})
+        if deadline.stopped is not None:
+            write_json(parts_file, parts)
+            log(
+                f"    {key}: stopped at step {deadline.stopped} of {steps} (--max_minutes); a later run goes on"
+            )
+            return None
+        timing = {
+            "steps": steps,
+            "seconds": sum(p["seconds"] for p in parts),
+            "steps_per_second": steps / sum(p["seconds"] for p in parts),
+            "parts": len(parts),
+        }
         dense = self.mlm_score(model)
         log(f"(b) seed {seed}: {ARMS[arm]}: masked-token accuracy {dense['accuracy']:.4f}")
         model.save_pretrained(folder)
         self.data.tokenizer.save_pretrained(folder)  # last: its files mean the weights are complete
         self.made.add(key)
+        shutil.rmtree(ckpt, ignore_errors=True)
         earlier = self.rows.get("upstream", key)
         if (
             earlier and "upstream" not in self.args.stages
@@ -758,7 +835,8 @@ class Pipeline:
             and (f"teacher-{key}" in self.made or not (self.args.redo and "teacher" in self.args.stages))
         ):
             return self.to_device(AutoModelForSequenceClassification.from_pretrained(folder))
-        self.upstream("adamw", seed)  # makes sure the model is on disk
+        if self.upstream("adamw", seed) is None:  # on disk now, or stopped at the deadline
+            return None
         model = self.classifier(self.model_dir("adamw", seed), task, seed)
         log(
             f"(d) seed {seed}: the KD teacher for {task.name}: AdamW upstream, dense FT {self.args.teacher_steps} steps"
@@ -816,7 +894,8 @@ class Pipeline:
             cost = self.upstream_cost(arm, seed) + self.finetune_cost(self.args.finetune_steps, runs)
             if not self.todo("transfer", key) or not self.fits(key, cost):
                 continue
-            self.upstream(arm, seed)
+            if self.upstream(arm, seed) is None:
+                return
             start = self.classifier(folder, task, seed)
             log(f"(d) seed {seed}: {ARMS[arm]} -> {task.name} at {level}")
             if level == "dense":
@@ -843,7 +922,8 @@ class Pipeline:
             cost = self.upstream_cost("adamw", seed) + self.finetune_cost(half, 2 + (dense_half is None))
             if self.todo("baseline", key) and self.fits(key, cost):
                 if dense_half is None:
-                    self.upstream("adamw", seed)
+                    if self.upstream("adamw", seed) is None:
+                        return
                     dense_half = self.classifier(self.model_dir("adamw", seed), task, seed)
                     log(f"(e) seed {seed}: prune downstream on {task.name}: dense FT {half} steps")
                     dense_row = self.finetune(
@@ -874,7 +954,8 @@ class Pipeline:
             cost = self.upstream_cost("adamw", seed) + self.finetune_cost(self.args.finetune_steps, 2)
             if not self.todo("baseline", key) or not self.fits(key, cost):
                 continue
-            self.upstream("adamw", seed)
+            if self.upstream("adamw", seed) is None:
+                return
             row = {}
             for variant in VARIANTS:
                 log(f"(e) seed {seed}: gradual magnitude to {level} on {task.name} ({variant})")
@@ -906,13 +987,21 @@ class Pipeline:
         for seed in a.seeds:
             for arm in a.arms:
                 key, model = f"{arm}-s{seed}", None
-                if self.todo("upstream", key) and self.fits(f"upstream {key}", self.upstream_cost(arm, seed)):
+                # An upstream run starts when its first checkpoint fits; --max_minutes stops it with a checkpoint.
+                first = self.start_cost() + a.save_every * self.step_seconds(arm) + 120
+                if self.todo("upstream", key) and self.fits(
+                    f"upstream {key}", min(first, self.upstream_cost(arm, seed))
+                ):
                     model = self.upstream(arm, seed)
+                    if model is None:
+                        break  # the deadline: nothing more of this run
                 oneshot_cost = len(a.levels) * len(a.pruners) * 45 + 60
                 if self.todo("oneshot", key) and self.fits(
                     f"oneshot {key}", oneshot_cost + (0 if model else self.upstream_cost(arm, seed))
                 ):
-                    self.oneshot(arm, seed, model or self.upstream(arm, seed))
+                    model = model or self.upstream(arm, seed)
+                    if model is not None:
+                        self.oneshot(arm, seed, model)
                 del model
             for name, task in self.data.tasks.items():
                 if not any(self.todo(s, k) for s, k in downstream_keys(vars(a), seed, name)):
@@ -928,6 +1017,8 @@ class Pipeline:
                 if not self.fits(f"the {name} teacher of seed {seed}", cost):
                     continue
                 teacher = self.teacher(task, seed)
+                if teacher is None:
+                    continue
                 for arm in a.arms:
                     self.transfer(arm, seed, task, teacher)
                 if "baseline" in a.stages:

@@ -245,3 +245,21 @@ def test_a_budgeted_run_leaves_units_that_would_not_fit(tmp_path):
     assert pipeline.upstream_cost("cram", 0) == 0.0  # saved: nothing to train
     warm = bu.Pipeline(bu.parse_args(argv + ["--start_steps", "100"]), None, "model", str(tmp_path))
     assert warm.start_cost() == 100 * 2.0 + 60 and warm.upstream_cost("adamw", 1) == 260 + 1500 * 2.0 + 120
+
+
+def test_the_deadline_stops_a_run_with_a_checkpoint():
+    from types import SimpleNamespace
+
+    def step(callback, global_step):
+        control = SimpleNamespace(should_save=False, should_training_stop=False)
+        callback.on_step_end(None, SimpleNamespace(global_step=global_step, max_steps=10), control)
+        return control
+
+    assert not step(bu.Deadline(None), 3).should_training_stop  # no budget: never stops
+    late = bu.Deadline(0.0)  # the deadline has passed
+    control = step(late, 3)
+    assert control.should_save and control.should_training_stop and late.stopped == 3
+    finished = bu.Deadline(0.0)
+    assert (
+        not step(finished, 10).should_save and finished.stopped is None
+    )  # the last step: the run is complete
