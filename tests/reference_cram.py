@@ -1,4 +1,4 @@
-"""An independent, deliberately naive implementation of the CrAM direction (README, "How CrAM works").
+"""An independent, deliberately naive implementation of the CrAM direction (docs/design.md, "The update").
 
 It shares no code with cram_hf: masks come from a full stable sort, the passes from torch.func on
 copies of the parameters. Used to check the trainer's update."""
