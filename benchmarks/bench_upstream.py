@@ -20,7 +20,9 @@ b. ``timing`` — AdamW, CrAM+ Multi and CrAM+ every 4 steps, ``--timing_steps``
 c. ``oneshot`` — each upstream model pruned one-shot by each ``--pruners`` pruner at ``--levels`` (SparseGPT
    calibrated on ``--calibration_samples`` training blocks); held-out masked-token accuracy with fixed masks.
 d. ``teacher`` — per task and seed, the AdamW upstream model fine-tuned dense ``--teacher_steps`` (the KD
-   teacher; its accuracy and curve are reported). ``transfer`` — each arm's upstream model fine-tuned dense
+   teacher; its accuracy and curve are reported). ``kdcheck`` — first, on the first seed: the AdamW upstream
+   model at ``--kd_check_level`` fine-tuned ``--kd_check_steps`` on the labels alone and with each ``--kd_check``
+   temperature:hardness, where KD should help. ``transfer`` — each arm's upstream model fine-tuned dense
    (``dense``) and, at each ``--transfer_levels`` level, pruned upstream (``--transfer_pruner``, calibrated on
    upstream text) and fine-tuned ``--finetune_steps`` with the mask kept, on the labels alone and with KD.
 e. ``baseline`` — from the AdamW upstream model, at the same downstream budget: ``prune_down`` (dense
@@ -88,7 +90,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = {
     "bert-base": os.path.join(HERE, "..", "recipes", "configs", "benchmarks", "bert_base_upstream.yaml")
 }
-STAGES = ("start", "timing", "upstream", "oneshot", "teacher", "transfer", "baseline", "report")
+STAGES = ("start", "timing", "upstream", "oneshot", "teacher", "kdcheck", "transfer", "baseline", "report")
 ARMS = {
     "adamw": "AdamW",
     "cram": "CrAM+ Multi",
@@ -130,6 +132,8 @@ QUICK = {
     "transfer_levels": ["0.8"],
     "baseline_levels": ["0.8"],
     "seeds": [0],
+    "kd_check": ["2:1"],
+    "kd_check_steps": 2,
 }
 
 
@@ -226,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill_temperature", type=float, default=2.0)
     g.add_argument("--distill_hardness", type=float, default=1.0)
     g.add_argument("--curve_points", type=int, default=6, help="Test evaluations along each fine-tune.")
+    g = p.add_argument_group(
+        "the KD check (first seed): does KD help where it should, and with which settings?"
+    )
+    g.add_argument(
+        "--kd_check",
+        nargs="*",
+        default=["2:1", "2:0.5", "5.5:1"],
+        help="KD settings TEMPERATURE:HARDNESS, each against the labels alone (none: no check).",
+    )
+    g.add_argument("--kd_check_level", default="0.9")
+    g.add_argument(
+        "--kd_check_steps", type=int, default=600, help="Twice the transfer budget: enough to converge."
+    )
+    g.add_argument("--kd_check_tasks", nargs="*", default=["bbc"])
     return p
 
 
@@ -248,6 +266,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for v in args.levels + args.transfer_levels + args.baseline_levels + args.cram_sparsities:
         parse_level(v, "level")
+    try:
+        kd_variants(vars(args))
+    except ValueError as err:
+        p.error(f"--kd_check: {err}")
     for pruner in args.pruners + [args.transfer_pruner]:
         method, _, scope = pruner.partition("/")
         if method not in ev.PRUNER_NAMES or scope not in ev.SCOPE_NAMES:
@@ -295,6 +317,21 @@ class Rows:
         return out
 
 
+def kd_variants(cfg: dict) -> dict:
+    """The KD check's runs: ``plain`` (the labels alone) and one per ``--kd_check`` setting."""
+    out = {"plain": None} if cfg["kd_check"] else {}
+    for setting in cfg["kd_check"]:
+        t, _, h = setting.partition(":")
+        try:
+            t, h = float(t), float(h)
+        except ValueError:
+            raise ValueError(f"TEMPERATURE:HARDNESS, got {setting!r}") from None
+        if not (t > 0 and 0 <= h <= 1):
+            raise ValueError(f"temperature > 0 and hardness in [0, 1], got {setting!r}")
+        out[f"T{t:g}-h{h:g}"] = {"distill_temperature": t, "distill_hardness": h}
+    return out
+
+
 def arm_steps(cfg: dict, arm: str) -> int:
     factor = {"adamw_long": cfg["long_factor"], "cram_i4": 1 / cfg["interval_factor"]}.get(arm, 1.0)
     return max(1, round(cfg["upstream_steps"] * factor))
@@ -318,6 +355,8 @@ def expected(cfg: dict) -> list[tuple[str, str]]:
             keys += [("upstream", f"{arm}-s{seed}"), ("oneshot", f"{arm}-s{seed}")]
         for task in cfg["tasks"]:
             keys.append(("teacher", f"{task}-s{seed}"))
+            if seed == cfg["seeds"][0] and task in cfg["kd_check_tasks"]:
+                keys += [("kdcheck", f"{task}-s{seed}-{v}") for v in kd_variants(cfg)]
             for arm in cfg["arms"]:
                 keys += [
                     ("transfer", f"{arm}-s{seed}-{task}-{lv}") for lv in ["dense", *cfg["transfer_levels"]]
@@ -857,22 +896,27 @@ class Pipeline:
             **({} if method == "magnitude" else {"calibration": calibration}),
         }
 
-    def sparse(self, start, level, task, seed, *, name, teacher, pruner, calibration):
-        """Pruned copy of ``start`` fine-tuned with the mask kept, on the labels alone and with KD."""
+    def sparse(
+        self, start, level, task, seed, *, name, teacher, pruner, calibration, steps=None, variants=None
+    ):
+        """Pruned copy of ``start`` fine-tuned ``steps`` with the mask kept, once per variant: ``variants`` maps a
+        name to KD settings (``None``: the labels alone); by default ``plain`` and ``kd`` (--distill_*)."""
+        steps = steps or self.args.finetune_steps
+        variants = variants or {"plain": None, "kd": self.distill()}
         row = {}
-        for variant in VARIANTS:
-            curve = Curve(task.batches, self.args.finetune_steps, self.args.curve_points)
+        for variant, distill in variants.items():
+            curve = Curve(task.batches, steps, self.args.curve_points)
             r = sparse_finetune(
                 start,
                 level,
                 task.train,
                 task.batches,
                 self.data.tokenizer,
-                self.settings(seed),
+                self.settings(seed, steps=steps),
                 name=f"{name}-{variant}",
                 workdir=self.workdir,
-                teacher=teacher if variant == "kd" else None,
-                distill_options=self.distill(),
+                teacher=teacher if distill else None,
+                distill_options=distill,
                 callbacks=[curve],
                 config_options=self.config_options,
                 **self.pruner_options(pruner, calibration),
@@ -885,6 +929,33 @@ class Pipeline:
                 "seconds": r["seconds"],
             }
         return row
+
+    def kd_check(self, task, seed, teacher):
+        """AdamW upstream -> --kd_check_level -> sparse FT --kd_check_steps, on the labels alone and with each KD
+        setting: where KD should help (a strong teacher, a hard level, enough steps)."""
+        a = self.args
+        for variant, distill in kd_variants(vars(a)).items():
+            key = f"{task.name}-s{seed}-{variant}"
+            cost = self.upstream_cost("adamw", seed) + self.finetune_cost(a.kd_check_steps)
+            if not self.todo("kdcheck", key) or not self.fits(f"kdcheck {key}", cost):
+                continue
+            if self.upstream("adamw", seed) is None:
+                return
+            log(f"(d) KD check, seed {seed}: AdamW -> {task.name} at {a.kd_check_level}, {variant}")
+            start = self.classifier(self.model_dir("adamw", seed), task, seed)
+            row = self.sparse(
+                start,
+                a.kd_check_level,
+                task,
+                seed,
+                name=f"kdcheck-{task.name}-s{seed}",
+                teacher=teacher,
+                pruner=a.transfer_pruner,
+                calibration=self.data.mlm_calibration,
+                steps=a.kd_check_steps,
+                variants={variant: distill},
+            )
+            self.rows.put("kdcheck", key, {**row, "distill": distill, "steps": a.kd_check_steps})
 
     def transfer(self, arm, seed, task, teacher):
         folder = self.model_dir(arm, seed)
@@ -932,21 +1003,17 @@ class Pipeline:
                 log(
                     f"(e) seed {seed}: prune downstream on {task.name} at {level}: SparseGPT, sparse FT {half} steps"
                 )
-                saved = self.args.finetune_steps
-                self.args.finetune_steps = half
-                try:
-                    row = self.sparse(
-                        dense_half,
-                        level,
-                        task,
-                        seed,
-                        name=key,
-                        teacher=teacher,
-                        pruner="sparsegpt/layer",
-                        calibration=task.calibration,
-                    )
-                finally:
-                    self.args.finetune_steps = saved
+                row = self.sparse(
+                    dense_half,
+                    level,
+                    task,
+                    seed,
+                    name=key,
+                    teacher=teacher,
+                    pruner="sparsegpt/layer",
+                    calibration=task.calibration,
+                    steps=half,
+                )
                 self.rows.put("baseline", key, {**row, "dense_half": dense_row, "steps": [half, half]})
         start, end = (round(f * self.args.finetune_steps) for f in self.args.gradual_window)
         for level in gradual_levels(self.args.baseline_levels):
@@ -1019,6 +1086,8 @@ class Pipeline:
                 teacher = self.teacher(task, seed)
                 if teacher is None:
                     continue
+                if "kdcheck" in a.stages and seed == a.seeds[0] and name in a.kd_check_tasks:
+                    self.kd_check(task, seed, teacher)
                 for arm in a.arms:
                     self.transfer(arm, seed, task, teacher)
                 if "baseline" in a.stages:
@@ -1031,6 +1100,7 @@ def downstream_keys(cfg: dict, seed: int, task: str) -> list[tuple[str, str]]:
         (s, k)
         for s, k in expected(cfg)
         if (s == "teacher" and k == f"{task}-s{seed}")
+        or (s == "kdcheck" and k.startswith(f"{task}-s{seed}-"))
         or (s in ("transfer", "baseline") and f"-s{seed}-{task}-" in k)
     ]
 
@@ -1118,6 +1188,14 @@ def summarise(result: dict) -> dict:
             }
             for kind in BASELINES
         }
+    out["kdcheck"] = {
+        task: {
+            v: (rows.get("kdcheck", {}).get(f"{task}-s{cfg['seeds'][0]}-{v}") or {}).get(v)
+            for v in kd_variants(cfg)
+        }
+        for task in cfg["tasks"]
+        if task in cfg["kd_check_tasks"] and cfg["kd_check"]
+    }
     want = expected(cfg)
     missing = [f"{s}/{k}" for s, k in want if get(s, k) is None]
     out["missing"] = missing
@@ -1138,6 +1216,15 @@ def goals(s: dict, cfg: dict) -> list[dict]:
     def add(name, value, met, note=""):
         out.append({"goal": name, "value": value, "met": met, "note": note})
 
+    for task, runs in s.get("kdcheck", {}).items():
+        name = f"{task}: KD >= labels alone where it should help (AdamW -> {cfg['kd_check_level']}, {cfg['kd_check_steps']} steps)"
+        kd = {v: r["accuracy"] for v, r in runs.items() if v != "plain" and r}
+        if runs.get("plain") and kd:
+            v, best_kd = max(kd.items(), key=lambda kv: kv[1])
+            gain = 100 * (best_kd - runs["plain"]["accuracy"])
+            add(name, f"{gain:+.1f} pts (best: {v})", gain >= 0)
+        else:
+            add(name, None, None, "no rows")
     one = s["oneshot"]
     if "cram" in one and "0.8" in cfg["levels"]:
         pruner, cell = best(one["cram"], "0.8")
@@ -1303,6 +1390,28 @@ def versus_lines(s: dict, cfg: dict, task: str) -> list[str]:
     return lines
 
 
+def kd_check_lines(s: dict, cfg: dict, task: str) -> list[str]:
+    runs = s.get("kdcheck", {}).get(task)
+    if not runs:
+        return []
+    plain = runs.get("plain")
+    lines = [
+        f"KD check (seed {cfg['seeds'][0]}): AdamW upstream → {cfg['kd_check_level']} "
+        f"({ev.pruner_name(cfg['transfer_pruner'])}) → sparse FT {cfg['kd_check_steps']} steps",
+        "",
+        "| run | test accuracy | vs labels alone |",
+        "|---|---|---|",
+    ]
+    for v, r in runs.items():
+        name = "labels alone" if v == "plain" else f"KD, temperature {v[1:].replace('-h', ', hardness ')}"
+        gain = (
+            f"{100 * (r['accuracy'] - plain['accuracy']):+.1f} pts" if r and plain and v != "plain" else "—"
+        )
+        accuracy = f"{r['accuracy']:.3f}" if r else "—"
+        lines.append(f"| {name} | {accuracy} | {gain} |")
+    return [*lines, ""]
+
+
 def goal_lines(s: dict) -> list[str]:
     lines = ["| goal | measured | met |", "|---|---|---|"]
     for g in s["goals"]:
@@ -1380,6 +1489,7 @@ def markdown(result: dict) -> str:
             f"steps; upstream pruning {ev.pruner_name(cfg['transfer_pruner'])}; KD teacher (AdamW upstream, dense FT "
             f"{cfg['teacher_steps']} steps): {_c(teacher)}",
             "",
+            *kd_check_lines(s, cfg, task),
             *transfer_lines(s, cfg, task),
             "",
             *versus_lines(s, cfg, task),

@@ -11,6 +11,7 @@ import upstream_corpus as uc  # noqa: E402
 
 ARGV = ["--seeds", "0", "1", "--arms", "adamw", "cram", "--tasks", "bbc", "--levels", "0.8", "0.9", "2:4"]
 ARGV += ["--transfer_levels", "0.8", "0.9", "--baseline_levels", "0.8", "2:4", "--timing_rounds", "2"]
+ARGV += ["--kd_check", "2:1", "5.5:1", "--kd_check_tasks", "bbc"]
 
 
 def config(argv=ARGV):
@@ -51,6 +52,12 @@ def full_rows():
         "teacher": {},
         "transfer": {},
         "baseline": {},
+        # The KD check (seed 0, AdamW -> 90 %): KD at temperature 2 ahead of the labels, at 5.5 behind.
+        "kdcheck": {
+            "bbc-s0-plain": {"plain": {"accuracy": 0.80}},
+            "bbc-s0-T2-h1": {"T2-h1": {"accuracy": 0.83}},
+            "bbc-s0-T5.5-h1": {"T5.5-h1": {"accuracy": 0.78}},
+        },
     }
     for seed in (0, 1):
         for arm, dense in (("adamw", 0.50), ("cram", 0.48)):
@@ -83,15 +90,19 @@ def result(rows=None, cfg=None):
 
 def test_expected_rows_cover_every_arm_seed_stage_and_skip_gradual_at_nm():
     keys = bu.expected(config())
-    # start (head, warm-up), 2 timing rounds; per seed: 2 arms x (upstream, oneshot), teacher, 2 arms x (dense, 0.8, 0.9),
+    # start (head, warm-up), 2 timing rounds, the KD check (3 runs on seed 0); per seed: 2 arms x (upstream, oneshot), teacher, 2 arms x (dense, 0.8, 0.9),
     # prune_down at 0.8 and 2:4, gradual at 0.8 only (no N:M schedule).
-    assert len(keys) == 4 + 2 * (4 + 1 + 6 + 2 + 1)
+    assert len(keys) == 4 + 3 + 2 * (4 + 1 + 6 + 2 + 1)
+    assert [k for s, k in keys if s == "kdcheck"] == ["bbc-s0-plain", "bbc-s0-T2-h1", "bbc-s0-T5.5-h1"]
     assert ("start", "warmup") not in bu.expected(config(ARGV + ["--start_steps", "0"]))
     assert ("baseline", "gradual-s1-bbc-0.8") in keys and ("baseline", "gradual-s1-bbc-2:4") not in keys
     assert ("baseline", "prune_down-s0-bbc-2:4") in keys and ("transfer", "cram-s1-bbc-dense") in keys
     assert bu.downstream_keys(config(), 1, "bbc") == [
         (s, k) for s, k in keys if (s == "teacher" and k == "bbc-s1") or "-s1-bbc-" in k
     ]
+    seed0 = bu.downstream_keys(config(), 0, "bbc")
+    assert seed0[:4] == [("teacher", "bbc-s0")] + [("kdcheck", k) for s, k in keys if s == "kdcheck"]
+    assert len(seed0) == 4 + 6 + 3
 
 
 def test_arm_steps_follow_the_wall_clock_factors():
@@ -122,7 +133,7 @@ def test_report_means_spread_shares_and_goals(tmp_path):
     assert "| CrAM+ Multi → SparseGPT (per matrix) | 2 | 0.480 ± 0.000 | 0.445 ± 0.007 (93%) |" in table
     assert "| CrAM+ Multi | 1500 | 2 | 10.0 min | 4.200 | 2.10× | 0.480 ± 0.000 |" in table
     assert (
-        "All 32 rows present." in table
+        "All 35 rows present." in table
         and "0.010 (fresh head) → **0.100**; then the whole model 1000" in table
     )
     assert "→ **0.420**, the start of every arm." in table
@@ -138,6 +149,10 @@ def test_report_means_spread_shares_and_goals(tmp_path):
     # Against the downstream baselines at 80 %: CrAM+ transfer + KD 0.953, prune downstream + KD 0.94, gradual 0.92.
     assert "| 0.8 | 0.953 ± 0.003 | 0.940 ± 0.000 | 0.920 ± 0.000 | CrAM+ transfer (+1.3 pts) |" in table
     assert "| 2:4 | — | 0.950 ± 0.000 | — | not measured |" in table
+    assert "| KD, temperature 2, hardness 1 | 0.830 | +3.0 pts |" in table
+    assert "| KD, temperature 5.5, hardness 1 | 0.780 | -2.0 pts |" in table
+    kd = goals["bbc: KD >= labels alone where it should help (AdamW -> 0.9, 600 steps)"]
+    assert kd["met"] is True and kd["value"] == "+3.0 pts (best: T2-h1)"
     assert (tmp_path / "upstream.json").exists() and (tmp_path / "upstream.png").stat().st_size > 10_000
 
 
@@ -155,7 +170,7 @@ def test_a_partial_run_states_what_is_missing_and_reports_the_rest(tmp_path):
         and "oneshot/cram-s1" in missing
         and "baseline/gradual-s0-bbc-0.8" in missing
     )
-    assert "**Missing: 14 of 32 rows**" in table
+    assert "**Missing: 14 of 35 rows**" in table
     assert "- upstream: 1 — cram-s1" in table and "- transfer: 6 — cram-s0-bbc-dense," in table
     # CrAM+ one-shot from its one seed: no spread, so "beats by more than the spread" is not claimed.
     assert r["summary"]["oneshot"]["cram"]["seeds"] == [0]
@@ -173,7 +188,7 @@ def test_a_partial_run_states_what_is_missing_and_reports_the_rest(tmp_path):
 def test_an_empty_run_reports_without_a_plot(tmp_path):
     r = result({})
     table = bu.write_report(r, str(tmp_path))
-    assert "**Missing: 32 of 32 rows**" in table and not (tmp_path / "upstream.png").exists()
+    assert "**Missing: 35 of 35 rows**" in table and not (tmp_path / "upstream.png").exists()
 
 
 def test_headline_pairs_are_balanced_with_same_topic_negatives():
@@ -214,6 +229,19 @@ def test_rst_prose_keeps_paragraphs_and_drops_code_and_markup():
 def test_corpus_split_holds_out_whole_documents():
     train, held = uc.split([f"d{i}" for i in range(45)], every=20, offset=7)
     assert held == ["d7", "d27"] and len(train) == 43 and not set(train) & set(held)
+
+
+def test_kd_check_settings_are_parsed_and_refused_when_malformed(capsys):
+    assert bu.kd_variants({"kd_check": ["2:0.5", "5.5:1"]}) == {
+        "plain": None,
+        "T2-h0.5": {"distill_temperature": 2.0, "distill_hardness": 0.5},
+        "T5.5-h1": {"distill_temperature": 5.5, "distill_hardness": 1.0},
+    }
+    assert bu.kd_variants({"kd_check": []}) == {}
+    for bad in ("2", "0:1", "2:1.5"):
+        with pytest.raises(SystemExit):
+            bu.parse_args(["--kd_check", bad])
+        assert "--kd_check" in capsys.readouterr().err
 
 
 def test_bert_base_preset_loads_and_flags_override_it(capsys):
