@@ -1383,7 +1383,12 @@ def versus_lines(s: dict, cfg: dict, task: str) -> list[str]:
         have = {k: v["mean"] for k, v in entries.items() if v}
         if len(have) >= 2:
             ranked = sorted(have.items(), key=lambda kv: -kv[1])
-            verdict = f"{ranked[0][0]} (+{100 * (ranked[0][1] - ranked[1][1]):.1f} pts)"
+            margin = round(100 * (ranked[0][1] - ranked[1][1]), 1)
+            verdict = (
+                f"{ranked[0][0]} (+{margin:.1f} pts)"
+                if margin > 0
+                else f"tie: {ranked[0][0]}, {ranked[1][0]}"
+            )
         else:
             verdict = "not measured"
         lines.append(f"| {lv} | " + " | ".join(_c(v) for v in entries.values()) + f" | {verdict} |")

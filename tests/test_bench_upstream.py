@@ -149,6 +149,12 @@ def test_report_means_spread_shares_and_goals(tmp_path):
     # Against the downstream baselines at 80 %: CrAM+ transfer + KD 0.953, prune downstream + KD 0.94, gradual 0.92.
     assert "| 0.8 | 0.953 ± 0.003 | 0.940 ± 0.000 | 0.920 ± 0.000 | CrAM+ transfer (+1.3 pts) |" in table
     assert "| 2:4 | — | 0.950 ± 0.000 | — | not measured |" in table
+    rows = full_rows()
+    for seed in (0, 1):  # gradual + KD level with prune downstream + KD at 80 %, both ahead of CrAM+ transfer
+        rows["baseline"][f"gradual-s{seed}-bbc-0.8"]["kd"]["accuracy"] = 0.96
+        rows["baseline"][f"prune_down-s{seed}-bbc-0.8"]["kd"]["accuracy"] = 0.96
+    tie = bu.write_report(result(rows), str(tmp_path))
+    assert "| 0.8 | 0.953 ± 0.003 | 0.960 ± 0.000 | 0.960 ± 0.000 | tie: prune downstream, gradual |" in tie
     assert "| KD, temperature 2, hardness 1 | 0.830 | +3.0 pts |" in table
     assert "| KD, temperature 5.5, hardness 1 | 0.780 | -2.0 pts |" in table
     kd = goals["bbc: KD >= labels alone where it should help (AdamW -> 0.9, 600 steps)"]
