@@ -57,6 +57,18 @@ def _texts_from_dataset(data, text_column: Optional[str], name: str) -> list[str
     return [str(t) for t in data[column] if t is not None and str(t).strip()]
 
 
+def fit_seq_length(requested: int, config, name: str = "max_seq_length") -> int:
+    """``requested``, or the model's maximum input length (``max_position_embeddings``) if that is shorter, with
+    a warning: longer inputs would fail inside the model's embeddings with a shape error."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < requested:
+        logger.warning(
+            "%s: %d is longer than the model takes (%d positions); using %d.", name, requested, limit, limit
+        )
+        return limit
+    return requested
+
+
 def calibration_batches(
     source,
     tokenizer,

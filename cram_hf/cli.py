@@ -286,8 +286,9 @@ def cmd_prune(args) -> int:
     validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
     calibration = None
     if args.method != "magnitude":
-        from .calibration import calibration_batches
+        from .calibration import calibration_batches, fit_seq_length
 
+        args.max_seq_length = fit_seq_length(args.max_seq_length, model.config, "--max_seq_length")
         calibration = validated(
             calibration_batches,
             args.calibration_file,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import fit_seq_length
 from .choices import TABLE_EXTENSIONS, TEXT_EXTENSIONS, builder_for, extension
 from .compression import Level, level_name, level_sparsity
 from .files import check_not_empty, replacing
@@ -381,8 +382,9 @@ def run_sweep(
                 )
                 logger.warning(msg)
                 record["warnings"].append(msg)
+            seq = fit_seq_length(o.max_seq_length, model.config, "--max_seq_length")
             common = dict(
-                max_seq_length=o.max_seq_length,
+                max_seq_length=seq,
                 batch_size=o.batch_size,
                 max_eval_samples=o.max_eval_samples,
                 text_column=o.text_column,
@@ -424,7 +426,7 @@ def run_sweep(
                     o.calibration_file,
                     tokenizer,
                     num_samples=o.num_calibration_samples,
-                    max_seq_length=o.max_seq_length,
+                    max_seq_length=seq,
                     seed=o.seed,
                 )
             for method in o.methods:

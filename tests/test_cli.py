@@ -408,6 +408,29 @@ def test_an_interrupted_sweep_leaves_nothing_and_the_rerun_is_not_refused(models
     assert (out / "sweep.json").read_text() == before and os.listdir(tmp_path) == ["sweep"]
 
 
+def test_a_max_seq_length_longer_than_the_model_takes_is_cut_to_it(models, tmp_path, caplog):
+    # The tiny models have 32 positions; the default 128 used to fail inside the embeddings (a shape error).
+    sweep = [
+        "sweep",
+        str(models["mlm_a"]),
+        "--validation_file",
+        str(models["text"]),
+        "--sparsities",
+        "0",
+        "0.5",
+    ]
+    assert main(sweep + ["--output_dir", str(tmp_path / "s"), "--disable_tqdm"]) == 0
+    assert "--max_seq_length: 128 is longer than the model takes (32 positions); using 32." in caplog.text
+    calib = ["--method", "sparsegpt", "--calibration_file", str(models["text"])]
+    assert (
+        main(
+            ["prune", str(models["mlm_a"]), "--sparsity", "0.5", *calib, "--output_dir", str(tmp_path / "p")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "p" / SPARSITY_CONFIG).read_text())["method_params"]["max_seq_length"] == 32
+
+
 def test_classification_sweep_of_an_encoder_without_head_uses_the_data_classes(models, tmp_path):
     from transformers import BertModel
 
