@@ -388,25 +388,16 @@ def _last_complete_checkpoint(output_dir: str) -> Optional[str]:
         for entry in os.listdir(output_dir)
         if (m := _CHECKPOINT_RE.match(entry)) and os.path.isdir(os.path.join(output_dir, entry))
     )
-    incomplete = []
-    for _, entry in reversed(found):
-        folder = os.path.join(output_dir, entry)
-        if _is_complete_checkpoint(folder):
-            if incomplete:
-                logger.warning(
-                    "output_dir: %s incomplete (no trainer_state.json: its save was interrupted); resuming from %s.",
-                    ", ".join(incomplete),
-                    folder,
-                )
-            return folder
-        incomplete.append(folder)
+    folders = [os.path.join(output_dir, entry) for _, entry in reversed(found)]
+    complete = next((f for f in folders if _is_complete_checkpoint(f)), None)
+    incomplete = folders[: folders.index(complete)] if complete is not None else folders
     if incomplete:
         logger.warning(
-            "output_dir: %s incomplete (no trainer_state.json: its save was interrupted); starting from the "
-            "beginning.",
+            "output_dir: %s incomplete (no trainer_state.json: its save was interrupted); %s.",
             ", ".join(incomplete),
+            f"resuming from {complete}" if complete is not None else "starting from the beginning",
         )
-    return None
+    return complete
 
 
 def _changed_cram_settings(checkpoint: str, args) -> list[str]:
@@ -466,9 +457,8 @@ def check_model_fits(
             args.cram_targets,
             levels_name="eval_sparsities",
         )
-    if isinstance(
-        config, (str, os.PathLike)
-    ):  # read even with nothing to check: a Hub id not to be had fails here
+    # Read even with nothing to check: a Hub id that cannot be had fails here, first.
+    if isinstance(config, (str, os.PathLike)):
         from transformers import AutoConfig
 
         with from_the_hub("model_name_or_path", config, "pass a local model folder"):
@@ -675,19 +665,20 @@ def evaluate_sparsities(
     restore): prints the table and writes ``eval_sparsities.json`` in ``output_dir``. ``dense_metrics`` saves
     re-evaluating the unpruned model."""
     dense = quality_metrics(dense_metrics if dense_metrics is not None else evaluate())
-    levels = parse_levels(levels, "eval_sparsities")
     zeros, numel = target_zeros(model, target_names(model, targets, name="cram_targets"))
-    skipped = [level_name(lv) for lv in levels if not reachable(lv, zeros, numel)]
+    kept, skipped = [], []
+    for level in parse_levels(levels, "eval_sparsities"):
+        (kept if reachable(level, zeros, numel) else skipped).append(level)
     if skipped:  # after training, a table without them beats no table
         logger.warning(
             "eval_sparsities: %s skipped, below the sparsity the fine-tuned model has (%.4f); pruning never "
             "revives a weight.",
-            ", ".join(skipped),
+            ", ".join(level_name(lv) for lv in skipped),
             zeros / numel,
         )
     rows = one_shot(
         model,
-        [lv for lv in levels if reachable(lv, zeros, numel)],
+        kept,
         lambda _: quality_metrics(evaluate()),
         scope=scope,
         targets=targets,
