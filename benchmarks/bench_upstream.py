@@ -104,7 +104,9 @@ BASELINES = {
     "gradual": "gradual magnitude",
 }
 VARIANTS = ("plain", "kd")
-MODELS_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cram_hf", "upstream-models")
+# In the checkout's git-ignored out/ (as the quick run's models): kept with the checkout from session to session,
+# where a home folder may not be — a lost upstream model costs hours to train again.
+MODELS_DIR = os.path.join(HERE, "..", "out", "upstream-models")
 HEAD = ("cls.predictions.transform.", "cls.predictions.bias", "cls.predictions.decoder.bias")
 
 
