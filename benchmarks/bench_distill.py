@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_common.py
 
 import argparse
 import copy
@@ -44,20 +44,34 @@ import sys
 import tempfile
 import time
 
-import bench_evidence as ev
-from bench_bbc_transfer import (
+from bench_common import (
+    MODELS,
+    TRAINING_OPTIONS,
+    Data,
+    add_evidence_arguments,
+    aggregate,
+    cell,
+    classifier_from,
+    dense_model,
     evaluate,
+    level_axis,
     log,
+    min_max_errors,
+    mlm_score,
     rewrite_report,
+    run_args,
+    save_figure,
     save_report,
     setup_offline_minilm,
     sparse_finetune,
+    split_levels,
+    spread,
     train,
+    train_mlm,
 )
-from transformers import AutoModelForSequenceClassification
 
-from cram_hf.compression import parse_level
-from cram_hf.sweep_options import METHODS as PRUNING_METHODS
+from cram_hf.compression import parse_levels
+from cram_hf.pruning_spec import PRUNERS, PruningSpec
 
 VARIANTS = {"pruned": "one-shot", "plain": "sparse FT", "kd": "sparse FT + KD"}
 
@@ -68,24 +82,24 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", default="benchmarks/results/distill")
-    ev.add_evidence_arguments(p, "seeds")
+    add_evidence_arguments(p, "seeds")
     p.add_argument("--levels", nargs="+", default=["0.7", "0.8", "0.9", "2:4"], help="One-shot levels.")
     p.add_argument(
         "--pruning_method",
         default="magnitude",
-        choices=list(PRUNING_METHODS),
+        choices=list(PRUNERS),
         help="magnitude: global ranking; wanda, sparsegpt: uniform per matrix, calibrated.",
     )
-    ev.add_evidence_arguments(p, "calibration_samples")
+    add_evidence_arguments(p, "calibration_samples")
     p.add_argument(
         "--models_dir",
         default=None,
         help="Folder of bench_evidence.py --save_models: bbc-adamw-s{seed} / bbc-cram-s{seed} are loaded from it.",
     )
     g = p.add_argument_group("the dense models, when trained here (bench_evidence.py's defaults)")
-    ev.add_evidence_arguments(g, *ev.TRAINING_OPTIONS)
+    add_evidence_arguments(g, *TRAINING_OPTIONS)
     g = p.add_argument_group("sparse fine-tuning of the students")
-    ev.add_evidence_arguments(g, "finetune_steps", "finetune_learning_rate")
+    add_evidence_arguments(g, "finetune_steps", "finetune_learning_rate")
     g.add_argument("--distill_temperature", type=float, default=2.0)
     g.add_argument("--distill_hardness", type=float, default=1.0, help="1: KD loss only (oBERT's choice).")
     g = p.add_argument_group("the upstream path (--upstream)")
@@ -94,7 +108,7 @@ def parse_args(argv=None):
     )
     g.add_argument("--skip_downstream", action="store_true", help="With --upstream: the upstream path alone.")
     g.add_argument("--upstream_levels", nargs="+", default=["0.7"], help="Sparse-transfer levels.")
-    ev.add_evidence_arguments(g, "mlm_steps", "mlm_batch_size", "mlm_learning_rate")
+    add_evidence_arguments(g, "mlm_steps", "mlm_batch_size", "mlm_learning_rate")
     g.add_argument("--upstream_distill_temperature", type=float, default=5.5)
     g.add_argument("--upstream_distill_hardness", type=float, default=1.0)
     p.add_argument(
@@ -116,8 +130,7 @@ def parse_args(argv=None):
         help="Rewrite the table and plot from an earlier distill.json; no training.",
     )
     args = p.parse_args(argv)
-    for v in args.levels + args.cram_sparsities + args.upstream_levels:
-        parse_level(v, "level")
+    parse_levels(args.levels + args.cram_sparsities + args.upstream_levels, "level")
     if args.skip_downstream and not args.upstream:
         p.error("--skip_downstream: needs --upstream")
     if args.merge_from is not None and not os.path.isfile(args.merge_from):
@@ -142,44 +155,17 @@ def parse_args(argv=None):
 # --- the experiment ------------------------------------------------------------------------------------------
 
 
-def dense_model(args, data, model_path, workdir, *, seed, key):
-    """bench_evidence.py's fine-tuned model ``key`` of ``seed``: from ``--models_dir`` when saved there, else
-    trained here as bench_evidence.py trains it."""
-    name = f"bbc-{key}-s{seed}"
-    saved = os.path.join(args.models_dir, name) if args.models_dir else None
-    # The tokenizer is saved after the weights: its files mean the weights are complete.
-    done = saved and os.path.join(saved, "tokenizer_config.json")
-    deadline = time.time() + 60 * args.wait_minutes
-    while done and not os.path.isfile(done) and time.time() < deadline:
-        time.sleep(20)  # a bench_evidence.py run still writing them (--wait_minutes)
-    if done and os.path.isfile(done):
-        log(f"seed {seed}: {ev.MODELS[key]} loaded from {saved}")
-        return AutoModelForSequenceClassification.from_pretrained(saved), {"loaded_from": saved}
-    log(f"seed {seed}: training {ev.MODELS[key]} on BBC, {args.train_steps} steps")
-    model = ev.bbc_model(data, model_path, seed)
-    timing = train(
-        model,
-        data.bbc_train,
-        data.tokenizer,
-        ev.run_args(args, seed=seed),
-        name=name,
-        steps=args.train_steps,
-        lr=args.learning_rate,
-        cram=key == "cram",
-        workdir=workdir,
-    )
-    return model, timing
-
-
 def pruning_options(args, data) -> dict:
-    if args.pruning_method == "magnitude":
-        return {"method": "magnitude", "scope": "global"}
-    return {"method": args.pruning_method, "scope": "layer", "calibration": data.bbc_calibration}
+    """``spec`` and ``calibration`` for :func:`sparse_finetune`: a calibrated pruner uniform per matrix, on
+    the BBC calibration batches; magnitude ranked globally."""
+    if PRUNERS[args.pruning_method].calibrated:
+        return {"spec": PruningSpec(args.pruning_method, "layer"), "calibration": data.bbc_calibration}
+    return {"spec": PruningSpec(args.pruning_method, "global")}
 
 
 def run_seed(args, data, model_path, workdir, seed) -> dict:
     models, timing = {}, {}
-    for key in ev.MODELS:
+    for key in MODELS:
         models[key], timing[key] = dense_model(args, data, model_path, workdir, seed=seed, key=key)
     # A copy: the trainer freezes its teacher in place, and the students are copies of models["adamw"] too.
     teacher = copy.deepcopy(models["adamw"])
@@ -192,7 +178,7 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
             row = {}
             for variant, kd in (("plain", None), ("kd", teacher)):
                 log(
-                    f"seed {seed}: {ev.MODELS[key]} pruned at {level} ({args.pruning_method}), sparse FT "
+                    f"seed {seed}: {MODELS[key]} pruned at {level} ({args.pruning_method}), sparse FT "
                     f"{args.finetune_steps} steps {'with KD from the dense AdamW model' if kd else 'on the labels'}"
                 )
                 r = sparse_finetune(
@@ -201,7 +187,7 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
                     data.bbc_train,
                     data.bbc_batches,
                     data.tokenizer,
-                    ev.run_args(args, seed=seed),
+                    run_args(args, seed=seed),
                     name=f"{key}@{level}-{variant}-s{seed}",
                     workdir=workdir,
                     teacher=kd,
@@ -222,7 +208,7 @@ def mlm_model(args, data, model_path, workdir, *, seed, name, cram, teacher=None
         "distill_temperature": args.upstream_distill_temperature,
         "distill_hardness": args.upstream_distill_hardness,
     }
-    model, _ = ev.train_mlm(
+    model, _ = train_mlm(
         args,
         data,
         model_path,
@@ -233,7 +219,7 @@ def mlm_model(args, data, model_path, workdir, *, seed, name, cram, teacher=None
         teacher=teacher,
         distill_options=distill,
     )
-    return model, ev.mlm_score(model, data)
+    return model, mlm_score(model, data)
 
 
 UPSTREAM = {"cram": "CrAM+ Multi", "cram_kd": "CrAM+ Multi + KD from the dense upstream model"}
@@ -259,8 +245,8 @@ def upstream_seed(args, data, model_path, workdir, seed) -> dict:
     )
     for key, s in scores.items():
         log(f"seed {seed}: upstream {key}: masked-token accuracy {s['accuracy']:.4f}")
-    settings = ev.run_args(args, seed=seed)
-    teacher = ev.classifier_from(dense_mlm, data, workdir, seed=seed, name="up-adamw")
+    settings = run_args(args, seed=seed)
+    teacher = classifier_from(dense_mlm, data, workdir, seed=seed, name="up-adamw")
     log(f"seed {seed}: the dense upstream model fine-tuned dense on BBC, {args.finetune_steps} steps")
     train(
         teacher,
@@ -275,7 +261,7 @@ def upstream_seed(args, data, model_path, workdir, seed) -> dict:
     out = {"mlm": scores, "dense_transfer": evaluate(teacher, data.bbc_batches), "students": {}}
     distill = {"distill_temperature": args.distill_temperature, "distill_hardness": args.distill_hardness}
     for key, mlm_ in models.items():
-        start = ev.classifier_from(mlm_, data, workdir, seed=seed, name=f"up-{key}")
+        start = classifier_from(mlm_, data, workdir, seed=seed, name=f"up-{key}")
         for level in args.upstream_levels:
             row = {}
             for variant, kd in (("plain", None), ("kd", teacher)):
@@ -372,22 +358,22 @@ def upstream_lines(result: dict) -> list[str]:
         + " | ".join(f"BBC at {lv}: sparse FT | BBC at {lv}: sparse FT + KD" for lv in levels)
         + " |",
         "|---|---|" + "---|---|" * len(levels),
-        f"| AdamW (dense; the upstream teacher) | {ev.cell(agg['mlm']['adamw']['accuracy'])} | "
-        + " | ".join(f"dense FT: {ev.cell(agg['dense_transfer']['accuracy'])} | —" for _ in levels)
+        f"| AdamW (dense; the upstream teacher) | {cell(agg['mlm']['adamw']['accuracy'])} | "
+        + " | ".join(f"dense FT: {cell(agg['dense_transfer']['accuracy'])} | —" for _ in levels)
         + " |",
     ]
     for key, name in UPSTREAM.items():
         cells = [
-            f"{ev.cell(agg['students'][key][lv]['plain']['accuracy'])} | {ev.cell(agg['students'][key][lv]['kd']['accuracy'])}"
+            f"{cell(agg['students'][key][lv]['plain']['accuracy'])} | {cell(agg['students'][key][lv]['kd']['accuracy'])}"
             for lv in levels
         ]
-        lines.append(f"| {name} | {ev.cell(agg['mlm'][key]['accuracy'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {cell(agg['mlm'][key]['accuracy'])} | " + " | ".join(cells) + " |")
     lines += ["", "Paired gains (points, mean ± std over seeds):", ""]
     lines += ["| level | " + " | ".join(upstream_gains(result, levels[0])) + " |"]
     lines += ["|---|" + "---|" * len(upstream_gains(result, levels[0]))]
     for lv in levels:
         gains = upstream_gains(result, lv)
-        lines.append(f"| {lv} | " + " | ".join(ev.cell(ev.spread(g), 1, 100) for g in gains.values()) + " |")
+        lines.append(f"| {lv} | " + " | ".join(cell(spread(g), 1, 100) for g in gains.values()) + " |")
     held = all(
         r["upstream"]["students"][k][lv][v]["mask_held_exactly"]
         for r in result["runs"]
@@ -435,17 +421,17 @@ def downstream_lines(result: dict) -> list[str]:
         "| model | level | " + " | ".join(VARIANTS.values()) + " | KD gain (points) |",
         "|---|---|---|---|---|---|",
     ]
-    for key, name in ev.MODELS.items():
-        lines.append(f"| {name} | dense | {ev.cell(agg['dense'][key]['accuracy'])} | — | — | — |")
+    for key, name in MODELS.items():
+        lines.append(f"| {name} | dense | {cell(agg['dense'][key]['accuracy'])} | — | — | — |")
         for level in cfg["levels"]:
             row = agg["students"][key][level]
-            cells = [ev.cell(row[v]["accuracy"]) for v in VARIANTS]
-            gain = ev.cell(ev.spread(kd_gains(result, key, level)), 1, 100)
+            cells = [cell(row[v]["accuracy"]) for v in VARIANTS]
+            gain = cell(spread(kd_gains(result, key, level)), 1, 100)
             lines.append(f"| {name} | {level} | " + " | ".join(cells) + f" | {gain} |")
     held = all(
         r["students"][k][lv][v]["mask_held_exactly"]
         for r in result["runs"]
-        for k in ev.MODELS
+        for k in MODELS
         for lv in cfg["levels"]
         for v in ("plain", "kd")
     )
@@ -490,18 +476,17 @@ def plot(result: dict, path: str) -> None:
     for ax, panel in zip(axes[0], panels):
         panel(result, ax)
     fig.tight_layout()
-    ev._save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def downstream_panel(result: dict, ax) -> None:
     agg, cfg = result["aggregate"], result["config"]
-    x, labels = ev._level_axis(cfg["levels"])
+    x, labels = level_axis(cfg["levels"])
     colors = {"adamw": "tab:blue", "cram": "tab:red"}
     styles = {"pruned": ":", "plain": "--", "kd": "-"}
-    sparsities = [lv for lv in cfg["levels"] if not isinstance(parse_level(lv), tuple)]
-    patterns = [lv for lv in cfg["levels"] if lv not in sparsities]
-    for key, name in ev.MODELS.items():
+    sparsities, patterns = split_levels(cfg["levels"])
+    for key, name in MODELS.items():
         for j, (variant, label) in enumerate(VARIANTS.items()):
             shift = (j - 1) * 0.006 + (0.003 if key == "cram" else -0.003)
             # Sparsities joined by a line; N:M patterns are not on that axis, so they stand alone.
@@ -512,7 +497,7 @@ def downstream_panel(result: dict, ax) -> None:
                 ax.errorbar(
                     [x[lv] + shift for lv in levels],
                     [s["mean"] for s in stats],
-                    yerr=ev.min_max_errors(stats),
+                    yerr=min_max_errors(stats),
                     marker="o" if variant == "kd" else ".",
                     capsize=2,
                     color=colors[key],
@@ -549,7 +534,7 @@ def upstream_panel(result: dict, ax) -> None:
             [i + (j - (len(bars) - 1) / 2) * width for i in range(len(levels))],
             [s["mean"] for s in stats],
             width,
-            yerr=ev.min_max_errors(stats),
+            yerr=min_max_errors(stats),
             capsize=3,
             label=f"{UPSTREAM[key]}: {VARIANTS[variant]}",
         )
@@ -581,11 +566,11 @@ def write_report(result: dict, output_dir: str) -> str:
     runs = result["runs"]
     result["aggregate"] = {}
     if "students" in runs[0]:
-        result["aggregate"] = ev.aggregate(
+        result["aggregate"] = aggregate(
             {"runs": [{k: r[k] for k in ("seed", "dense", "students")} for r in runs]}
         )
     if "upstream" in runs[0]:
-        result["aggregate"]["upstream"] = ev.aggregate({"runs": [{"up": r["upstream"]} for r in runs]})["up"]
+        result["aggregate"]["upstream"] = aggregate({"runs": [{"up": r["upstream"]} for r in runs]})["up"]
     return save_report(output_dir, "distill", result, markdown(result), lambda path: plot(result, path))
 
 
@@ -595,7 +580,7 @@ def main(argv=None):
         return rewrite_report(args.from_json, args.output_dir, write_report)
     model_path = setup_offline_minilm(args.threads)
     t0 = time.time()
-    data = ev.Data(args, model_path)
+    data = Data(args, model_path)
     log(f"BBC {data.bbc_sizes}; levels {args.levels}, pruning {args.pruning_method}, seeds {args.seeds}")
     command = " ".join(["python", "benchmarks/bench_distill.py", *(sys.argv[1:] if argv is None else argv)])
     runs = []

@@ -39,154 +39,61 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_common.py
 
-import argparse
-import random
 import statistics
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
-import torch
-from bench_bbc_transfer import (
-    by_level,
-    encode,
+from bench_common import (
+    GOALS,
+    MODELS,
+    Data,
+    aggregate,
+    bbc_model,
+    best_pruner,
+    cell,
+    classifier_from,
+    downstream,
     evaluate,
-    load_bbc,
+    evidence_parser,
+    level_axis,
     log,
+    min_max_errors,
+    paired_differences,
+    pruner_name,
+    pruner_spec,
+    pts,
     rewrite_report,
+    run_args,
+    save_figure,
     save_report,
     setup_offline_minilm,
     sparse_finetune,
+    split_levels,
+    spread,
     train,
-)
-from transformers import (
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
+    upstream,
 )
 
-from cram_hf.compression import SCOPES, parse_level
+from cram_hf.compression import level_name, parse_levels
 from cram_hf.gradual import GradualPruningCallback
-from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
-from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
-from cram_hf.pruning import one_shot
-from cram_hf.sweep_options import METHODS as PRUNING_METHODS
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-AUSTEN = {
-    split: os.path.join(HERE, "..", "recipes", "data", f"austen_pride_{split}.txt")
-    for split in ("train", "eval")
-}
-MODELS = {"adamw": "AdamW", "cram": "CrAM+ Multi"}
-# The downstream training settings the other benchmarks share with this one (add_evidence_arguments).
-TRAINING_OPTIONS = (
-    "max_seq_length",
-    "batch_size",
-    "train_steps",
-    "learning_rate",
-    "weight_decay",
-    "cram_rho",
-    "cram_sparsities",
-)
-PRUNERS = ("magnitude/global", "magnitude/layer", "wanda/layer", "sparsegpt/layer", "sparsegpt/global")
-PRUNER_NAMES = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
-SCOPE_NAMES = {"global": "global", "layer": "per matrix"}
-
-
-def pruner_name(pruner: str) -> str:
-    method, scope = pruner.split("/")
-    return f"{PRUNER_NAMES[method]} ({SCOPE_NAMES[scope]})"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--output_dir", default="benchmarks/results/evidence")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--levels",
-        nargs="+",
-        default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"],
-        help="One-shot pruning levels (besides dense).",
-    )
-    p.add_argument(
-        "--pruners",
-        nargs="+",
-        default=list(PRUNERS),
-        help="One-shot pruners as method/scope: method in magnitude, wanda, sparsegpt; scope global or layer.",
-    )
-    p.add_argument("--calibration_samples", type=int, default=128)
-    p.add_argument("--cram_rho", type=float, default=0.05)
-    p.add_argument("--cram_sparsities", nargs="+", default=["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"])
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    g = p.add_argument_group("downstream (BBC News)")
-    g.add_argument("--max_seq_length", type=int, default=48)
-    g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--train_steps", type=int, default=100)
-    g.add_argument("--learning_rate", type=float, default=3e-4)
-    g = p.add_argument_group("gradual magnitude pruning (AdamW, the downstream run's steps)")
-    g.add_argument("--gradual_levels", nargs="*", default=["0.7", "0.8", "0.9"])
-    g.add_argument(
-        "--gradual_window",
-        type=float,
-        nargs=2,
-        default=[0.1, 0.7],
-        metavar=("START", "END"),
-        help="The pruning window as fractions of the steps (the rest trains with the mask held).",
-    )
-    g.add_argument("--gradual_update_every", type=int, default=5)
-    g = p.add_argument_group("upstream (masked LM on Austen)")
-    g.add_argument("--mlm_steps", type=int, default=120)
-    g.add_argument("--mlm_batch_size", type=int, default=16)
-    g.add_argument("--mlm_learning_rate", type=float, default=5e-4)
-    g = p.add_argument_group("sparse transfer of the upstream models to BBC (with --transfer)")
-    g.add_argument("--transfer", action="store_true")
-    g.add_argument("--finetune_levels", nargs="+", default=["0.7", "2:4"])
-    g.add_argument("--finetune_steps", type=int, default=40)
-    g.add_argument("--finetune_learning_rate", type=float, default=3e-4)
-    p.add_argument("--save_models", default=None, help="Keep the fine-tuned BBC models in this folder.")
-    p.add_argument(
-        "--sweep", action="store_true", help="Run the regime sweep (one seed, downstream) instead."
-    )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="Smoke run: a data subset and a few steps.")
-    p.add_argument(
-        "--from_json", default=None, help="Rewrite tables and plots from an earlier run's json; no training."
-    )
-    return p
-
-
-def add_evidence_arguments(group, *names: str) -> None:
-    """Declare the options NAMES on GROUP as this script declares them (type, nargs, default, help).
-
-    The other benchmarks reuse this script's saved models and settings; declaring the options once here
-    keeps their defaults from drifting apart.
-    """
-    actions = {a.dest: a for a in build_parser()._actions}
-    for name in names:
-        a = actions[name]
-        group.add_argument(*a.option_strings, type=a.type, nargs=a.nargs, default=a.default, help=a.help)
 
 
 def parse_args(argv=None):
-    p = build_parser()
+    p = evidence_parser(__doc__.split("\n\n")[0])
     args = p.parse_args(argv)
-    for v in args.levels + args.finetune_levels + args.cram_sparsities:
-        parse_level(v, "level")
-    for v in args.gradual_levels:
-        if isinstance(parse_level(v, "--gradual_levels"), tuple):
-            p.error(f"--gradual_levels: sparsities only (gradual pruning has no N:M schedule), got {v}")
+    parse_levels(args.levels + args.finetune_levels + args.cram_sparsities, "level")
+    for level in parse_levels(args.gradual_levels, "--gradual_levels"):
+        if isinstance(level, tuple):
+            shown = level_name(level)
+            p.error(f"--gradual_levels: sparsities only (gradual pruning has no N:M schedule), got {shown}")
     for pruner in args.pruners:
-        method, _, scope = pruner.partition("/")
-        if method not in PRUNING_METHODS or scope not in SCOPES:
-            p.error(
-                f"--pruners: method/scope with method in {PRUNING_METHODS} and scope in {SCOPES}, got {pruner}"
-            )
+        try:
+            pruner_spec(pruner)
+        except ValueError as err:
+            p.error(f"--pruners: method/scope, got {pruner}: {err}")
     start, end = args.gradual_window
     if not 0 <= start < end <= 1:
         p.error(f"--gradual_window: needs 0 <= START < END <= 1, got {start} {end}")
@@ -210,136 +117,7 @@ def parse_args(argv=None):
     return args
 
 
-def run_args(args, *, seed, batch_size=None, rho=None, sparsities=None):
-    """The settings bench_bbc_transfer's ``train`` reads, for one run."""
-    return SimpleNamespace(
-        batch_size=batch_size or args.batch_size,
-        weight_decay=args.weight_decay,
-        seed=seed,
-        quick=args.quick,
-        cram_rho=args.cram_rho if rho is None else rho,
-        cram_sparsities=sparsities or args.cram_sparsities,
-        finetune_steps=args.finetune_steps,
-        finetune_learning_rate=args.finetune_learning_rate,
-    )
-
-
-def padded_batches(collate, rows, size=16) -> list[dict]:
-    return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
-
-
-class Data:
-    """BBC (one fixed split) and Austen, tokenized once for every run, and their calibration batches."""
-
-    def __init__(self, args, model_path):
-        import datasets
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        train_docs, test_docs, self.classes = load_bbc(0)
-        if args.quick:  # the test split is ordered by class: sample it
-            train_docs, test_docs = train_docs[:240], random.Random(0).sample(test_docs, 60)
-        self.bbc_sizes = {"train": len(train_docs), "test": len(test_docs)}
-        self.bbc_train = encode(self.tokenizer, train_docs, args.max_seq_length)
-        collate = DataCollatorWithPadding(self.tokenizer)
-        test_set = encode(self.tokenizer, test_docs, args.max_seq_length)
-        self.bbc_batches = padded_batches(collate, test_set, 64)
-        n = args.calibration_samples
-        self.bbc_calibration = self.bbc_calibration_batches(n)
-        raw = datasets.load_dataset(
-            "text", data_files={"train": AUSTEN["train"], "validation": AUSTEN["eval"]}
-        )
-        tokenized = tokenize_for_mlm(raw, self.tokenizer, max_seq_length=args.max_seq_length)
-        self.mlm_train, self.mlm_eval = tokenized["train"], tokenized["validation"]
-        if args.quick:
-            self.mlm_eval = self.mlm_eval.select(range(64))
-        blocks = [{"input_ids": row["input_ids"]} for row in self.mlm_train.select(range(n))]
-        self.mlm_calibration = padded_batches(collate, blocks)
-        self.mlm_eval_collator = ReproducibleMLMCollator(
-            self.tokenizer, seed=1234
-        )  # same masks for every model
-        self.mlm_sizes = {"train_blocks": len(self.mlm_train), "eval_blocks": len(self.mlm_eval)}
-
-    def bbc_calibration_batches(self, n: int) -> list[dict]:
-        """The first ``n`` training articles as calibration batches: from the training split, never the test
-        set; labels are not model inputs here."""
-        unlabelled = [{k: v for k, v in r.items() if k != "labels"} for r in self.bbc_train[:n]]
-        return padded_batches(DataCollatorWithPadding(self.tokenizer), unlabelled)
-
-
 # --- the experiments -----------------------------------------------------------------------------------------
-
-
-def prune_all(model, levels, pruners, score, calibration, describe, **options) -> dict:
-    """Dense and one-shot results of ``model`` for every pruner and level (the library's one-shot loop; the
-    weights are restored after each), and each pruner's mean pruning time per level. ``options`` (SparseGPT's
-    ``damping``, ``block_size``) go to every calibrated pruner."""
-    dense = score(model)
-    oneshot, seconds = {}, {}
-    for pruner in pruners:
-        method, scope = pruner.split("/")
-        extra = {} if method == "magnitude" else {"calibration": calibration, **options}
-        rows = one_shot(
-            model,
-            levels,
-            score,
-            scope=scope,
-            method=method,
-            on_row=lambda r, p=pruner: log(f"    {pruner_name(p):24s} {r['level']:>4}: {describe(r)}"),
-            **extra,
-        )
-        oneshot[pruner] = by_level(dense, rows)
-        seconds[pruner] = statistics.fmean(r["prune_seconds"] for r in rows)
-    return {"oneshot": oneshot, "prune_seconds": seconds}
-
-
-def bbc_model(data, model_path, seed):
-    torch.manual_seed(seed)  # the same classifier head for every run of a seed
-    return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.classes))
-
-
-def downstream(
-    args,
-    data,
-    model_path,
-    workdir,
-    *,
-    seed,
-    steps,
-    lr,
-    rho,
-    sparsities,
-    cram,
-    pruners,
-    cram_options=None,
-    name=None,
-):
-    """Fine-tune MiniLM on BBC (plain or CrAM+ with ``cram_options``), then one-shot results at every level."""
-    model = bbc_model(data, model_path, seed)
-    name = name or f"bbc-{'cram' if cram else 'adamw'}-s{seed}"
-    timing = train(
-        model,
-        data.bbc_train,
-        data.tokenizer,
-        run_args(args, seed=seed, rho=rho, sparsities=sparsities),
-        name=name,
-        steps=steps,
-        lr=lr,
-        cram=cram,
-        workdir=workdir,
-        cram_options=cram_options,
-    )
-    if args.save_models:
-        model.save_pretrained(os.path.join(args.save_models, name))
-        data.tokenizer.save_pretrained(os.path.join(args.save_models, name))
-    results = prune_all(
-        model,
-        args.levels,
-        pruners,
-        lambda m: evaluate(m, data.bbc_batches),
-        data.bbc_calibration,
-        lambda r: f"accuracy {r['accuracy']:.4f}",
-    )
-    return {**results, **timing}
 
 
 def gradual(args, data, model_path, workdir, *, seed) -> dict:
@@ -366,60 +144,6 @@ def gradual(args, data, model_path, workdir, *, seed) -> dict:
         log(f"    gradual {level}: accuracy {result['accuracy']:.4f}")
         out[level] = {**result, "target_sparsity": callback.history[-1]["target_sparsity"], **timing}
     return out
-
-
-def mlm_score(model, data) -> dict:
-    r = evaluate_mlm(model, data.mlm_eval, data.mlm_eval_collator, batch_size=64)
-    return {"loss": r["loss"], "accuracy": r["accuracy"]}
-
-
-def train_mlm(args, data, model_path, workdir, *, seed, name, cram, steps=None, **train_options):
-    """MiniLM after continued masked-LM training on Austen (plain or CrAM+; ``train_options``: ``train``'s
-    ``cram_options``, ``callbacks``, ``teacher``, ``distill_options``), with the seed's MLM head and masks;
-    returns the model and the timing."""
-    torch.manual_seed(seed)
-    model = AutoModelForMaskedLM.from_pretrained(model_path)
-    timing = train(
-        model,
-        data.mlm_train,
-        data.tokenizer,
-        run_args(args, seed=seed, batch_size=args.mlm_batch_size),
-        name=name,
-        steps=args.mlm_steps if steps is None else steps,
-        lr=args.mlm_learning_rate,
-        cram=cram,
-        workdir=workdir,
-        collator=ReproducibleMLMCollator(data.tokenizer, seed=seed),
-        trainer_cls=CrAMTrainerForMaskedLM,
-        **train_options,
-    )
-    return model, timing
-
-
-def upstream(args, data, model_path, workdir, *, seed, cram, pruners=None, cram_options=None, name=None):
-    """Continued MLM on Austen (plain or CrAM+ with ``cram_options``); returns the model and its one-shot
-    results."""
-    name = name or f"mlm-{'cram' if cram else 'adamw'}-s{seed}"
-    model, timing = train_mlm(
-        args, data, model_path, workdir, seed=seed, name=name, cram=cram, cram_options=cram_options
-    )
-    results = prune_all(
-        model,
-        args.levels,
-        pruners or args.pruners,
-        lambda m: mlm_score(m, data),
-        data.mlm_calibration,
-        lambda r: f"MLM loss {r['loss']:.3f}, accuracy {r['accuracy']:.4f}",
-    )
-    return model, {**results, **timing}
-
-
-def classifier_from(mlm_model, data, workdir, *, seed, name):
-    """The masked-LM encoder with a fresh BBC head (the seed's head, as every BBC run of the seed)."""
-    folder = os.path.join(workdir, f"{name}-s{seed}")
-    mlm_model.save_pretrained(folder)
-    data.tokenizer.save_pretrained(folder)
-    return bbc_model(data, folder, seed)
 
 
 def transfer(args, data, mlm_model, workdir, *, seed, key):
@@ -562,66 +286,7 @@ def run_sweep(args, data, model_path, workdir) -> dict:
 # --- aggregation ---------------------------------------------------------------------------------------------
 
 
-def spread(values) -> dict:
-    """Mean, sample standard deviation, min and max of a list of floats."""
-    values = list(values)
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
-def _spread_tree(trees: list):
-    """The spread over seeds of every number at the same place in each seed's nested dict."""
-    first = trees[0]
-    if isinstance(first, dict):
-        return {k: _spread_tree([t[k] for t in trees]) for k in first if all(k in t for t in trees)}
-    if isinstance(first, (int, float)) and not isinstance(first, bool):
-        return spread(trees)
-    return first
-
-
-def aggregate(result: dict) -> dict:
-    """Per experiment, model, pruner, level and metric (and every timing): the spread over seeds."""
-    runs = result["runs"]
-    return {exp: _spread_tree([r[exp] for r in runs]) for exp in runs[0] if exp != "seed"}
-
-
-def best_pruner(agg_model: dict, level: str, metric: str = "accuracy") -> str:
-    """The pruner with the highest mean at ``level`` (chosen on the 3-seed means of the test metric)."""
-    return max(agg_model["oneshot"], key=lambda p: agg_model["oneshot"][p][level][metric]["mean"])
-
-
-def paired_differences(result: dict, exp: str, level: str, metric: str, pruners=None) -> list[float]:
-    """CrAM+ minus AdamW, seed by seed (the two runs of a seed share the head, data order and test set);
-    ``pruners`` = (AdamW's, CrAM+'s), by default the best of each at this level."""
-    if pruners is None:
-        agg = aggregate(result)[exp]
-        pruners = (best_pruner(agg["adamw"], level, metric), best_pruner(agg["cram"], level, metric))
-    a, c = pruners
-    return [
-        r[exp]["cram"]["oneshot"][c][level][metric] - r[exp]["adamw"]["oneshot"][a][level][metric]
-        for r in result["runs"]
-    ]
-
-
 # --- report --------------------------------------------------------------------------------------------------
-
-# Issue goals for CrAM+ with its best pruner (points below its own dense accuracy, 3-seed means).
-GOALS = {"0.7": 0.5, "0.8": 1.0, "0.9": 3.0, "2:4": 0.5}
-
-
-def cell(s: dict, digits: int = 3, scale: float = 1.0) -> str:
-    if s["n"] == 1:
-        return f"{s['mean'] * scale:.{digits}f}"
-    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
-
-
-def pts(value: float) -> str:
-    return f"{100 * value:+.1f}"
 
 
 def headline_lines(result: dict, exp: str, with_gradual: bool) -> list[str]:
@@ -810,30 +475,6 @@ def sweep_markdown(result: dict, levels) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _level_axis(levels):
-    magnitude = [lv for lv in levels if not isinstance(parse_level(lv), tuple)]
-    patterns = [lv for lv in levels if isinstance(parse_level(lv), tuple)]
-    x = {
-        "dense": 0.0,
-        **{lv: float(lv) for lv in magnitude},
-        **{lv: 1.0 + 0.1 * (i + 1) for i, lv in enumerate(patterns)},
-    }
-    labels = ["dense"] + [f"{float(lv):.0%}" for lv in magnitude] + patterns
-    return x, labels
-
-
-def min_max_errors(stats) -> list[list[float]]:
-    """Error bars from the mean down to the min and up to the max (clipped at 0: the mean of equal values
-    can differ from them in the last bit)."""
-    return [[max(0.0, s["mean"] - s["min"]) for s in stats], [max(0.0, s["max"] - s["mean"]) for s in stats]]
-
-
-def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 PLOTTED = {"magnitude/global": "tab:gray", "wanda/layer": "tab:green", "sparsegpt/layer": "tab:purple"}
 
 
@@ -845,8 +486,8 @@ def evidence_plot(result: dict, path: str) -> None:
 
     agg, cfg = result["aggregate"], result["config"]
     levels = ["dense"] + cfg["levels"]
-    x, labels = _level_axis(cfg["levels"])
-    n_mag = 1 + sum(not isinstance(parse_level(lv), tuple) for lv in cfg["levels"])
+    x, labels = level_axis(cfg["levels"])
+    n_mag = 1 + len(split_levels(cfg["levels"])[0])
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     panels = [
         (axes[0], "downstream", "BBC test accuracy", "Downstream: fine-tuned on BBC, then one-shot"),
@@ -909,7 +550,7 @@ def evidence_plot(result: dict, path: str) -> None:
         fontsize=11,
     )
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -919,7 +560,7 @@ def sweep_plot(result: dict, levels, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x, labels = _level_axis(levels)
+    x, labels = level_axis(levels)
     lv_all = ["dense", *levels]
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     cmap = plt.get_cmap("tab10")
@@ -936,7 +577,7 @@ def sweep_plot(result: dict, levels, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

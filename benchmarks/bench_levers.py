@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_common.py
 
 import argparse
 import json
@@ -34,11 +34,29 @@ import sys
 import tempfile
 import time
 
-import bench_distill as bd
-import bench_evidence as ev
-from bench_bbc_transfer import evaluate, log, save_report, setup_offline_minilm
+from bench_common import (
+    GOALS,
+    MODELS,
+    TRAINING_OPTIONS,
+    Data,
+    add_evidence_arguments,
+    aggregate,
+    best_pruner,
+    cell,
+    dense_model,
+    downstream,
+    evaluate,
+    log,
+    paired_differences,
+    prune_all,
+    pts,
+    save_figure,
+    save_report,
+    setup_offline_minilm,
+    spread,
+)
 
-from cram_hf.compression import parse_level
+from cram_hf.compression import parse_levels
 
 TRAINING_PRUNERS = ("sparsegpt/layer", "sparsegpt/global")
 DEFAULT = "defaults"
@@ -49,7 +67,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", default="benchmarks/results/levers")
-    ev.add_evidence_arguments(p, "seeds")
+    add_evidence_arguments(p, "seeds")
     p.add_argument(
         "--levels", nargs="+", default=["0.7", "0.8", "0.9", "2:4"], help="Levels of the training levers."
     )
@@ -66,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--models_dir", default=None, help="bench_evidence.py --save_models folder of the default runs."
     )
-    ev.add_evidence_arguments(p, "calibration_samples", *ev.TRAINING_OPTIONS)
+    add_evidence_arguments(p, "calibration_samples", *TRAINING_OPTIONS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="Smoke run: a data subset and a few steps.")
     p.add_argument(
@@ -77,8 +95,7 @@ def parse_args(argv=None):
         "settings, e.g. one process per seed, reported together); no training.",
     )
     args = p.parse_args(argv)
-    for v in args.levels + args.pruner_levels + args.goal_levels + args.cram_sparsities:
-        parse_level(v, "level")
+    parse_levels(args.levels + args.pruner_levels + args.goal_levels + args.cram_sparsities, "level")
     if args.models_dir is not None and not os.path.isdir(args.models_dir):
         p.error(f"--models_dir: no such folder {args.models_dir!r}")
     if args.more_calibration and args.more_calibration <= args.calibration_samples:
@@ -122,7 +139,7 @@ def sparsegpt_rows(args, data, model, options: dict) -> dict:
     """Dense and per-matrix SparseGPT accuracy at ``--pruner_levels`` with ``options``."""
     options = dict(options)
     calibration = options.pop("calibration", data.bbc_calibration)
-    return ev.prune_all(
+    return prune_all(
         model,
         args.pruner_levels,
         ("sparsegpt/layer",),
@@ -138,9 +155,9 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
     base = dict(
         steps=args.train_steps, lr=args.learning_rate, rho=args.cram_rho, sparsities=args.cram_sparsities
     )
-    for key in ev.MODELS:
-        model, _ = bd.dense_model(args, data, model_path, workdir, seed=seed, key=key)
-        out["training"].setdefault(DEFAULT, {})[key] = ev.prune_all(
+    for key in MODELS:
+        model, _ = dense_model(args, data, model_path, workdir, seed=seed, key=key)
+        out["training"].setdefault(DEFAULT, {})[key] = prune_all(
             model,
             args.levels,
             TRAINING_PRUNERS,
@@ -154,14 +171,14 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
                 if name == DEFAULT and set(args.pruner_levels) <= set(known):  # pruned just above
                     out["pruner"][name] = {lv: known[lv] for lv in ["dense", *args.pruner_levels]}
                     continue
-                log(f"seed {seed}: {ev.MODELS[key]}, SparseGPT per matrix, {name}")
+                log(f"seed {seed}: {MODELS[key]}, SparseGPT per matrix, {name}")
                 out["pruner"][name] = sparsegpt_rows(args, data, model, options)
         del model
     for name, change in training_levers(args):
-        keys = ev.MODELS if "steps" in change else ("cram",)
+        keys = MODELS if "steps" in change else ("cram",)
         for key in keys:
-            log(f"seed {seed}: {ev.MODELS[key]}, {name}")
-            out["training"].setdefault(name, {})[key] = ev.downstream(
+            log(f"seed {seed}: {MODELS[key]}, {name}")
+            out["training"].setdefault(name, {})[key] = downstream(
                 args,
                 data,
                 model_path,
@@ -179,7 +196,7 @@ def run_seed(args, data, model_path, workdir, seed) -> dict:
 
 
 def best_of(agg_model: dict, level: str) -> tuple[str, dict]:
-    pruner = ev.best_pruner(agg_model, level)
+    pruner = best_pruner(agg_model, level)
     return pruner, agg_model["oneshot"][pruner][level]["accuracy"]
 
 
@@ -188,7 +205,7 @@ def dense_of(agg_model: dict) -> float:
 
 
 def gap_cell(dense: float, stats: dict) -> str:
-    return f"{stats['mean']:.3f} ({ev.pts(stats['mean'] - dense)})"
+    return f"{stats['mean']:.3f} ({pts(stats['mean'] - dense)})"
 
 
 def training_lines(result: dict) -> list[str]:
@@ -208,11 +225,9 @@ def training_lines(result: dict) -> list[str]:
         if "adamw" in models:
             diffs = []
             for lv in levels:
-                pair = (ev.best_pruner(models["adamw"], lv), ev.best_pruner(cram, lv))
-                d = ev.spread(
-                    ev.paired_differences(_as_evidence(result, name), "downstream", lv, "accuracy", pair)
-                )
-                diffs.append(f"{lv}: {ev.pts(d['mean'])}")
+                pair = (best_pruner(models["adamw"], lv), best_pruner(cram, lv))
+                d = spread(paired_differences(_as_evidence(result, name), "downstream", lv, "accuracy", pair))
+                diffs.append(f"{lv}: {pts(d['mean'])}")
             versus = ", ".join(diffs)
         steps = result["config"]["train_steps"] * (2 if name == "2x steps" else 1)
         lines.append(f"| {name} | {steps} | {dense:.3f} | " + " | ".join(cells) + f" | {versus} |")
@@ -248,7 +263,7 @@ def pruner_lines(result: dict) -> list[str]:
         changes = "—"
         if name != DEFAULT:
             diffs = [
-                ev.spread(
+                spread(
                     [
                         r["pruner"][name][lv]["accuracy"] - r["pruner"][DEFAULT][lv]["accuracy"]
                         for r in result["runs"]
@@ -256,7 +271,7 @@ def pruner_lines(result: dict) -> list[str]:
                 )
                 for lv in levels
             ]
-            changes = ", ".join(f"{lv}: {ev.cell(d, 1, 100)}" for lv, d in zip(levels, diffs))
+            changes = ", ".join(f"{lv}: {cell(d, 1, 100)}" for lv, d in zip(levels, diffs))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {changes} |")
     return lines
 
@@ -270,7 +285,7 @@ def goal_lines(result: dict) -> list[str]:
         "| level | goal | defaults | best lever | its gap | met |",
         "|---|---|---|---|---|---|",
     ]
-    for lv, goal in ev.GOALS.items():
+    for lv, goal in GOALS.items():
         candidates = []
         for name, models in training.items():
             if lv in result["config"]["levels"]:
@@ -353,7 +368,7 @@ def plot(result: dict, path: str) -> None:
     for (ax, levels, title), series in zip(panels, (curves, pruner_curves)):
         for name, gaps in series:
             ax.plot(range(len(levels)), [gaps[lv] for lv in levels], marker="o", label=name)
-        goals = [-ev.GOALS[lv] if lv in ev.GOALS else float("nan") for lv in levels]
+        goals = [-GOALS[lv] if lv in GOALS else float("nan") for lv in levels]
         ax.plot(range(len(levels)), goals, color="black", linestyle="--", linewidth=1, label="goal")
         ax.set_xticks(range(len(levels)))
         ax.set_xticklabels(levels)
@@ -367,12 +382,12 @@ def plot(result: dict, path: str) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    ev._save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def write_report(result: dict, output_dir: str) -> str:
-    result["aggregate"] = ev.aggregate(
+    result["aggregate"] = aggregate(
         {"runs": [{k: r[k] for k in ("seed", "training", "pruner")} for r in result["runs"]]}
     )
     return save_report(output_dir, "levers", result, markdown(result), lambda path: plot(result, path))
@@ -415,7 +430,7 @@ def main(argv=None):
         return result
     model_path = setup_offline_minilm(args.threads)
     t0 = time.time()
-    data = ev.Data(args, model_path)
+    data = Data(args, model_path)
     command = " ".join(["python", "benchmarks/bench_levers.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"command": command, "config": vars(args), "runs": []}
     with tempfile.TemporaryDirectory() as workdir:

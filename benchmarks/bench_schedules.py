@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_common.py
 
 import argparse
 import json
@@ -39,19 +39,23 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from bench_bbc_transfer import log, rewrite_report, save_report, setup_offline_minilm, train
-from bench_evidence import (
+from bench_common import (
     Data,
-    _save,
+    StepClock,
     bbc_model,
     downstream,
+    log,
     min_max_errors,
+    rewrite_report,
     run_args,
+    save_figure,
+    save_report,
+    setup_offline_minilm,
     spread,
+    train,
     train_mlm,
     upstream,
 )
-from transformers import TrainerCallback
 
 from cram_hf.schedule import cram_step_due
 
@@ -164,21 +168,6 @@ def settings(args) -> list[tuple[str, dict]]:
     runs += [(schedule_name(k, 1.0), {"cram_interval": k}) for k in args.intervals]
     runs += [(schedule_name(1, q), {"cram_probability": q}) for q in args.probabilities]
     return runs
-
-
-class StepClock(TrainerCallback):
-    """Wall-clock from the first optimizer step's start to the last one's end (no set-up, no data loading
-    before the first step)."""
-
-    def __init__(self):
-        self.start = self.end = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.start is None:
-            self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.end = time.perf_counter()
 
 
 def _timed_run(args, data, model_path, workdir, *, name, options, mlm) -> float:
@@ -534,7 +523,7 @@ def plot(result: dict, path: str) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

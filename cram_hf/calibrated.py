@@ -16,8 +16,9 @@ Both look at what each target matrix ``W[out, in]`` is fed. For every Linear, fr
 Layer by layer: the calibration batches are run up to the first transformer layer; each layer then collects
 its statistics, is pruned, and is run again to give the next layer its inputs from the model pruned so far.
 
-Exactly ``k`` weights are zeroed per matrix, with ``k`` given by the caller (``round(s·n)`` for a uniform
-sparsity, or a global allocation); N:M patterns are exact. Nothing is read back to the host.
+Exactly ``k`` weights are zeroed per matrix (``round(s·n)`` for a uniform sparsity, or the allocation of
+global magnitude ranking: :func:`prune_layer_by_layer`); N:M patterns are exact. Nothing is read back to the
+host.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .choices import CALIBRATED, METHODS  # noqa: F401 - part of this module's interface
-from .compression import Level
+from .compression import Level, compression_mask_stream, num_pruned
 
 # ------------------------------------------------------------------------------------------- the pruners
 
@@ -283,3 +283,33 @@ def prune_calibrated(
             inputs = [((_layer_output(layer, a, kw),) + tuple(a[1:]), kw, m) for a, kw, m in inputs]
     finally:
         model.train(was_training)
+
+
+def prune_layer_by_layer(model: nn.Module, names, level: Level, spec, calibration, progress=False) -> int:
+    """The ``"wanda"`` and ``"sparsegpt"`` pruners (:class:`~cram_hf.pruning_spec.Pruner`): the count of each
+    matrix from ``spec.scope``, then :func:`prune_calibrated` on the ``calibration`` batches. Returns the
+    number of entries the level removes."""
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in names]
+    if isinstance(level, tuple):
+        counts = {}
+        removed = sum(t.numel() * (level[1] - level[0]) // level[1] for t in tensors)
+    else:
+        if spec.scope == "layer":
+            counts = {n: num_pruned(t.numel(), level) for n, t in zip(names, tensors)}
+        else:  # the allocation global magnitude ranking makes, matrix by matrix
+            masks = compression_mask_stream(tensors, level, "global")
+            counts = {n: int((~m).sum()) for n, m in zip(names, masks)}
+        removed = sum(counts.values())
+    prune_calibrated(
+        model,
+        names,
+        counts,
+        level,
+        spec.method,
+        calibration,
+        damping=spec.damping,
+        block_size=spec.block_size,
+        progress=progress,
+    )
+    return removed

@@ -157,7 +157,8 @@ def check_levels_reachable(path, levels, targets=None, *, levels_name: str = "sp
     which is what happens to a folder without a record, or with other targets)."""
     record = read_sparsity_config(path, required=False) if path and os.path.isdir(path) else None
     achieved = (record or {}).get("achieved") or {}
-    if not achieved.get("target_numel") or (record.get("target_patterns") or None) != (targets or None):
+    given = list(targets) if targets else None  # a spec holds its regexes as a tuple, the record as a list
+    if not achieved.get("target_numel") or (record.get("target_patterns") or None) != given:
         return
     zeros, numel = achieved["target_zeros"], achieved["target_numel"]
     below = []

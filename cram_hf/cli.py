@@ -16,8 +16,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .choices import EVAL_MASK_SEED, METHODS
+from .choices import EVAL_MASK_SEED, SCOPES
 from .errors import UsageError, validated
+from .pruning_spec import PRUNERS, PruningSpec, calibrated_methods
 
 # ---------------------------------------------------------------------------------------------- parser
 
@@ -34,6 +35,13 @@ def _add_hub_args(p: argparse.ArgumentParser, private_help: str) -> None:
     )
 
 
+def _pruners_help() -> str:
+    """The registry's pruners, one clause each, read when the parser is built (a pruner registered since is
+    offered too)."""
+    clauses = [f"{name}: {pruner.help}" for name, pruner in PRUNERS.items()]
+    return "; ".join(clauses) + f". {', '.join(calibrated_methods())} need --calibration_file."
+
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_name_or_path", metavar="MODEL", help="Local model folder or Hub id.")
     p.add_argument(
@@ -43,7 +51,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scope",
-        choices=("global", "layer"),
+        choices=SCOPES,
         default="global",
         help="Magnitude ranking over all targets together (global) or per matrix (layer). Ignored for N:M.",
     )
@@ -57,10 +65,9 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=tuple(PRUNERS),
         default="magnitude",
-        help="magnitude (default, no data needed), or a calibrated pruner: wanda (|w| times input norm) or "
-        "sparsegpt (OBS reconstruction), which need --calibration_file.",
+        help=f"The pruner (default: magnitude). {_pruners_help()}",
     )
     p.add_argument(
         "--calibration_file",
@@ -122,7 +129,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scope",
         nargs="+",
-        choices=("global", "layer"),
+        choices=SCOPES,
         default=["global"],
         help="Ranking scope: one for every method, or one per --methods entry (e.g. global layer).",
     )
@@ -159,9 +166,8 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
         "--methods",
         nargs="+",
         default=["magnitude"],
-        choices=METHODS,
-        help="Pruners to compare, one curve per model and method (default: magnitude). wanda and sparsegpt "
-        "need --calibration_file.",
+        choices=tuple(PRUNERS),
+        help=f"Pruners to compare, one curve per model and method (default: magnitude). {_pruners_help()}",
     )
     p.add_argument(
         "--calibration_file",
@@ -236,28 +242,34 @@ def cmd_prune(args) -> int:
     from .checkpoint import check_model_source, check_output_dir
     from .compression import parse_level
     from .files import check_not_replacing
-    from .targets import validate_patterns
+    from .sweep_options import flag_names
 
-    # Everything checkable without the model, before loading it.
+    # Everything checkable without the model, before loading it; the level is parsed once, here.
     level = validated(parse_level, args.sparsity, "--sparsity")
-    validated(validate_patterns, args.targets, "--targets")
-    for name, value in (
-        ("--num_calibration_samples", args.num_calibration_samples),
-        ("--max_seq_length", args.max_seq_length),
-        ("--block_size", args.block_size),
-    ):
-        if value < 1:
-            raise UsageError(f"{name}: must be a positive integer, got {value}.")
-    if args.damping < 0:
-        raise UsageError(f"--damping: must be >= 0, got {args.damping}.")
-    if args.method != "magnitude":
-        if args.calibration_file is None:
+    spec = PruningSpec(
+        args.method,
+        args.scope,
+        args.targets,
+        damping=args.damping,
+        block_size=args.block_size,
+        num_calibration_samples=args.num_calibration_samples,
+    )
+    validated(
+        spec.validate,
+        [level],
+        calibration=args.calibration_file is not None,
+        names=flag_names(levels="--sparsity"),
+    )
+    calibrated = spec.pruner.calibrated
+    if args.max_seq_length < 1:
+        raise UsageError(f"--max_seq_length: must be a positive integer, got {args.max_seq_length}.")
+    if args.calibration_file is not None:
+        if not calibrated:
             raise UsageError(
-                f"--calibration_file: --method {args.method} needs calibration text (magnitude does not)."
+                f"--calibration_file: only {' and '.join(calibrated_methods())} use calibration data; "
+                "add --method."
             )
         validated(check_calibration_file, args.calibration_file, "--calibration_file")
-    elif args.calibration_file is not None:
-        raise UsageError("--calibration_file: only wanda and sparsegpt use calibration data; add --method.")
     validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
     validated(check_model_source, args.model_name_or_path)
     validated(check_not_replacing, args.output_dir, [args.model_name_or_path])
@@ -273,7 +285,7 @@ def cmd_prune(args) -> int:
     from .pruning import prune, validate_pruning
 
     tokenizer = _load_tokenizer(args.model_name_or_path)
-    if tokenizer is None and args.method != "magnitude":
+    if tokenizer is None and calibrated:
         raise UsageError(
             f"--calibration_file: --method {args.method} tokenizes it with the model's tokenizer, and "
             f"{args.model_name_or_path!r} has none; save one with the model (tokenizer.save_pretrained(folder))."
@@ -283,9 +295,9 @@ def cmd_prune(args) -> int:
     except OSError as err:  # transformers' message spans lines
         message = " ".join(str(err).split())
         raise UsageError(f"model: could not load {args.model_name_or_path!r}: {message}") from err
-    validated(validate_pruning, model, level, args.scope, args.targets)  # regexes vs. names, N:M shapes
+    validated(validate_pruning, model, level, spec=spec)  # regexes vs. names, N:M shapes, zeros held
     calibration = None
-    if args.method != "magnitude":
+    if calibrated:
         from .calibration import calibration_batches, fit_seq_length
 
         args.max_seq_length = fit_seq_length(args.max_seq_length, model.config, "--max_seq_length")
@@ -293,21 +305,10 @@ def cmd_prune(args) -> int:
             calibration_batches,
             args.calibration_file,
             tokenizer,
-            num_samples=args.num_calibration_samples,
+            num_samples=spec.num_calibration_samples,
             max_seq_length=args.max_seq_length,
         )
-    report = validated(
-        prune,
-        model,
-        level,
-        scope=args.scope,
-        targets=args.targets,
-        method=args.method,
-        calibration=calibration,
-        damping=args.damping,
-        block_size=args.block_size,
-        progress=True,
-    )
+    report = validated(prune, model, level, spec, calibration=calibration, progress=True)
     if calibration is not None:
         report.method_params["calibration_file"] = os.path.abspath(args.calibration_file)
         report.method_params["num_calibration_samples"] = sum(len(b["input_ids"]) for b in calibration)
@@ -364,11 +365,9 @@ def cmd_sweep(args) -> int:
     from .checkpoint import check_model_source, check_output_dir
     from .files import check_not_replacing
     from .sweep import SweepOptions, check_metric, check_validation_file, run_sweep
-    from .targets import validate_patterns
 
     validated(check_validation_file, args.validation_file, args.task)
     validated(check_metric, args.metric, args.task)
-    validated(validate_patterns, args.targets, "--targets")
     validated(check_output_dir, args.output_dir, args.overwrite_output_dir, "--overwrite_output_dir")
     validated(check_not_replacing, args.output_dir, args.models)
     for name, value in (

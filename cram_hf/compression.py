@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import torch
 
@@ -23,7 +23,10 @@ _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 def parse_level(value, name: str = "sparsity") -> Level:
-    """Turn ``0.7``, ``"0.7"`` or ``"2:4"`` into a level; raise ``ValueError`` naming ``name`` otherwise."""
+    """Turn ``0.7``, ``"0.7"`` or ``"2:4"`` into a level; raise ``ValueError`` naming ``name`` otherwise.
+    A level parsed already comes back as it is, after a check that costs no more than a comparison."""
+    if _is_level(value):
+        return value
     if isinstance(value, tuple) and len(value) == 2:
         value = f"{value[0]}:{value[1]}"
     if isinstance(value, str):
@@ -57,6 +60,18 @@ def parse_level(value, name: str = "sparsity") -> Level:
             hint = " In YAML, quote N:M patterns ('2:4'): unquoted, 2:4 is read as the integer 124."
         raise ValueError(f"{name}: sparsity must be in [0, 1), got {value}.{hint}")
     return value
+
+
+def _is_level(value) -> bool:
+    # What parse_level returns: internal code passes such levels along, and they need no second parse.
+    if type(value) is float:
+        return 0.0 <= value < 1.0
+    return (
+        type(value) is tuple
+        and len(value) == 2
+        and all(type(v) is int for v in value)
+        and 0 < value[0] < value[1]
+    )
 
 
 NONE = "none"  # how the empty list of levels is spelled on a command line (a list flag needs one value)
@@ -168,41 +183,50 @@ def magnitude_masks(
     its own. Ties at the threshold are broken by position (earlier tensor, then lower flat index, is
     pruned first), so the count is always exact.
     """
+    return list(_magnitude_stream(tensors, sparsity, scope))
+
+
+def _magnitude_stream(tensors: Sequence[torch.Tensor], sparsity: float, scope: str) -> Iterator[torch.Tensor]:
     sparsity = parse_level(sparsity)
     if isinstance(sparsity, tuple):
         raise ValueError("sparsity: magnitude_masks takes a float; use nm_mask for N:M patterns.")
     check_choice(scope, SCOPES, "scope")
     if not tensors:
-        return []
+        return iter(())
     if scope == "layer":
-        return [_topk_masks([t], num_pruned(t.numel(), sparsity))[0] for t in tensors]
-    return _topk_masks(tensors, num_pruned(sum(t.numel() for t in tensors), sparsity))
+        return (next(_topk_stream([t], num_pruned(t.numel(), sparsity))) for t in tensors)
+    return _topk_stream(tensors, num_pruned(sum(t.numel() for t in tensors), sparsity))
 
 
-def _topk_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+def _topk_stream(tensors: Sequence[torch.Tensor], k: int) -> Iterator[torch.Tensor]:
+    """The masks of the ``k`` smallest magnitudes, one tensor at a time. The threshold over all tensors is
+    found here, before the first mask is asked for; each mask is built when it is asked for."""
     if k == 0:
-        return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+        return (torch.ones_like(t, dtype=torch.bool) for t in tensors)
     threshold, below = kth_smallest_abs(tensors, k)
+    return _tie_broken_masks(tensors, threshold, k - below)
+
+
+def _tie_broken_masks(
+    tensors, threshold: torch.Tensor, ties_to_prune: torch.Tensor
+) -> Iterator[torch.Tensor]:
     threshold_bits = threshold.view(torch.int32)
     # Entries equal to the threshold: the first `ties_to_prune` of them (in tensor, then index order) are
     # pruned. A running count of ties gives each its rank without a host-side search for their positions.
-    ties_to_prune = k - below
     ties_before = torch.zeros((), dtype=torch.int32, device=threshold.device)
-    masks = []
     for t in tensors:
         bits = _abs_bits(t)
         tie = bits == threshold_bits.to(bits.device)
         tie_rank = torch.cumsum(tie, 0, dtype=torch.int32) + ties_before.to(bits.device)
         keep = (bits > threshold_bits.to(bits.device)) | (tie & (tie_rank > ties_to_prune.to(bits.device)))
-        masks.append(keep.view(t.shape))
         ties_before = tie_rank[-1].to(threshold.device)
-    return masks
+        yield keep.view(t.shape)
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, name: str = "weight") -> torch.Tensor:
     """Keep-mask with the ``n`` largest magnitudes in every group of ``m`` consecutive entries along the
     input dimension (the last one) of a 2-D ``weight[out, in]``. Ties go to the lower index."""
-    parse_level(f"{n}:{m}", "pattern")
+    parse_level((n, m), "pattern")
     if weight.dim() != 2:
         raise ValueError(f"{name}: N:M needs a 2-D weight[out, in], got shape {tuple(weight.shape)}.")
     if weight.shape[1] % m:
@@ -237,6 +261,36 @@ def compression_masks(
     tensors: Sequence[torch.Tensor], level: Level, scope: str = "global"
 ) -> list[torch.Tensor]:
     """Keep-masks for one level: magnitude Top-K (global or per layer) or N:M on every tensor."""
+    return list(compression_mask_stream(tensors, level, scope))
+
+
+def compression_mask_stream(
+    tensors: Sequence[torch.Tensor], level: Level, scope: str = "global"
+) -> Iterator[torch.Tensor]:
+    """:func:`compression_masks` one tensor at a time, in order: a global ranking is done when this is
+    called, and each mask is built only when the iterator reaches it — so a caller that applies each mask
+    (or packs it) before taking the next never holds a bool mask for every tensor at once."""
     if isinstance(level, tuple):
-        return [nm_mask(t, level[0], level[1]) for t in tensors]
-    return magnitude_masks(tensors, level, scope)
+        return (nm_mask(t, level[0], level[1]) for t in tensors)
+    return _magnitude_stream(tensors, level, scope)
+
+
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as bits: ``uint8[ceil(numel / 8)]``, bit ``j`` of byte ``i`` is entry ``8 i + j`` of the
+    flattened mask. An eighth of the bool mask's memory; :func:`unpack_mask` inverts it."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
+    """The bool mask of ``shape`` that :func:`pack_mask` packed."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.view(-1)[: math.prod(shape)].view(shape).bool()

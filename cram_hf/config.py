@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from .checkpoint import check_model_source
 from .choices import SCOPES, check_choice
 from .compression import level_name, parse_level, parse_levels
+from .distillation import check_distill_fields
 from .targets import validate_patterns
 
 DEFAULT_SPARSITIES = ["0.5", "0.6", "0.7", "0.8"]
@@ -90,7 +91,7 @@ class CrAMConfig(TrainingArguments):
             of every ``nn.Linear`` inside the model's transformer layers (for BERT: query, key, value, attention
             output, intermediate, output); embeddings, pooler and heads are never compressed by default.
 
-        > Distillation
+        > Distillation (:class:`~cram_hf.distillation.Distiller`)
 
         distill_teacher (`str` or `None`, *optional*, defaults to `None`):
             A dense teacher to distil from: a model folder or a Hub id (``--distill_teacher_model_name_or_path``
@@ -103,6 +104,8 @@ class CrAMConfig(TrainingArguments):
             CrAM paper's BERT runs after it) used 5.5.
         distill_hardness (`float`, *optional*, defaults to `1.0`):
             Weight h in [0, 1] of KD in the loss: 1 = KD only (oBERT's choice), 0 = the task loss only.
+
+        The three are checked together by :func:`~cram_hf.distillation.check_distill_fields`.
     """
 
     cram_rho: float = field(
@@ -151,6 +154,7 @@ class CrAMConfig(TrainingArguments):
             "(1: every step). Set this or --cram_interval."
         },
     )
+    # Distillation: cram_hf.distillation.Distiller uses these; check_distill_fields checks them.
     distill_teacher: Optional[str] = field(
         default=None,
         metadata={
@@ -222,45 +226,9 @@ class CrAMConfig(TrainingArguments):
             )
 
     def _validate_distill_fields(self) -> None:
-        self.distill_temperature = _finite_number(
-            "distill_temperature",
-            self.distill_temperature,
-            "a finite number > 0 (the softmax temperature of the distillation loss; oBERT used 5.5)",
-            lambda v: v > 0,
+        self.distill_teacher, self.distill_temperature, self.distill_hardness = check_distill_fields(
+            self.distill_teacher, self.distill_temperature, self.distill_hardness, check_model_source
         )
-        self.distill_hardness = _finite_number(
-            "distill_hardness",
-            self.distill_hardness,
-            "a number in [0, 1] (the weight of the distillation loss: 1 = distillation only, 0 = task loss only)",
-            lambda v: 0 <= v <= 1,
-        )
-        teacher = self.distill_teacher
-        if teacher is None:
-            return
-        name = "distill_teacher (--distill_teacher_model_name_or_path)"
-        if not isinstance(teacher, str) or not teacher.strip():
-            raise ValueError(
-                f"{name}: must be a model folder or a Hub id such as 'org/name', got {teacher!r}."
-            )
-        path = os.path.expanduser(teacher)
-        parent = os.path.dirname(path.rstrip(os.sep))
-        # A Hub id 'org/name' looks like a relative path; it is taken as a path only when 'org' is a folder here
-        # (from_pretrained reads an existing path as local, too).
-        if (
-            teacher.startswith((".", os.sep, "~"))
-            or (parent and os.path.isdir(parent))
-            or os.path.exists(path)
-        ):
-            if not os.path.exists(path):
-                raise ValueError(
-                    f"{name}: no such model folder {teacher!r}; give the folder of a saved model (config.json and "
-                    "weights, as save_pretrained writes it) or a Hub id such as 'org/name'."
-                )
-            try:
-                check_model_source(path, name)
-            except FileNotFoundError as err:
-                raise ValueError(str(err)) from None
-            self.distill_teacher = path
 
     def _validate_cram_compatibility(self) -> None:
         if not self.cram_enabled:

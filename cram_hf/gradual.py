@@ -42,11 +42,11 @@ from typing import Optional
 from torch import nn
 from transformers import TrainerCallback
 
-from .choices import SCOPES, check_choice
 from .compression import parse_level
 from .pruning import SparsityReport, prune, validate_pruning
+from .pruning_spec import PruningSpec
 from .sparse_finetune import KeepSparsityCallback, masks_from_zeros
-from .targets import Patterns, validate_patterns
+from .targets import Patterns
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +136,11 @@ class GradualPruningCallback(TrainerCallback):
         update_every = _step(update_every, "update_every")
         if update_every < 1:
             raise ValueError(f"update_every: must be >= 1, got {update_every}.")
-        check_choice(scope, SCOPES, "scope")
+        # Every event prunes with this one spec, checked here; the levels are floats of the schedule.
+        self.spec = PruningSpec("magnitude", scope, targets).validate()
         self.update_every = update_every
         self.scope = scope
-        self.targets = validate_patterns(targets, "targets") or None
+        self.targets = list(self.spec.targets) if self.spec.targets else None
         self.mask_gradients = mask_gradients
         self.keep: Optional[KeepSparsityCallback] = None
         self.report: Optional[SparsityReport] = None
@@ -178,7 +179,7 @@ class GradualPruningCallback(TrainerCallback):
     def _prune(self, model: nn.Module, step: int, level: float, optimizer=None) -> None:
         if level <= 0.0 and self.keep is None:
             return  # nothing to prune and nothing held yet: stay dense (no hooks on a dense model)
-        report = prune(model, level, scope=self.scope, targets=self.targets)
+        report = prune(model, level, self.spec)
         keep = KeepSparsityCallback(masks_from_zeros(model, names=report.targets), self.mask_gradients)
         if self.keep is not None:
             self.keep.unbind()
@@ -202,7 +203,7 @@ class GradualPruningCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         # Fail on targets the model lacks now, not at start_step.
-        validate_pruning(model, self.target, self.scope, self.targets)
+        validate_pruning(model, self.target, spec=self.spec)
         if self.keep is not None:
             self.keep.unbind()
         self.keep, self.report = None, None

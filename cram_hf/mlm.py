@@ -9,6 +9,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .distillation import Distiller
 from .mlm_data import ReproducibleMLMCollator, tokenize_for_mlm  # noqa: F401 - cram_hf 0.1 imported them here
 from .trainer import CrAMTrainer
 
@@ -60,11 +61,23 @@ def masked_lm_loss(model, inputs, unwrapped=None, return_logits=False):
     return (loss, logits) if return_logits else loss
 
 
+class MaskedLMDistiller(Distiller):
+    """A :class:`~cram_hf.distillation.Distiller` whose teacher projects only the masked positions (those with a
+    label) onto the vocabulary: the rows the loss distils, and nothing else."""
+
+    def run_teacher(self, inputs) -> tuple:
+        if "labels" not in inputs:
+            return super().run_teacher(inputs)
+        return (masked_lm_logits(self.teacher, inputs, inputs["labels"] != -100),)
+
+
 class CrAMTrainerForMaskedLM(CrAMTrainer):
     """``CrAMTrainer`` whose training loss skips the vocabulary projection at unmasked positions.
 
     Same loss value and gradients as the model's own loss; evaluation and prediction are the stock ones.
     With a teacher, both the student's and the teacher's logits are computed at the masked positions only."""
+
+    distiller_class = MaskedLMDistiller
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (
@@ -74,19 +87,15 @@ class CrAMTrainerForMaskedLM(CrAMTrainer):
             or self.compute_loss_func is not None
         ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        teacher = self._current_teacher_logits(inputs)
         # unwrap_model keeps a torch.compile wrapper by default; masked_lm_logits strips it, so the hook
         # lands on the real output embedding.
         unwrapped = self.accelerator.unwrap_model(model)
-        if teacher is None:
+        if self.distiller is None:
             return masked_lm_loss(model, inputs, unwrapped)
+        teacher = self.distiller.teacher_rows(inputs, self.model)
         loss, logits = masked_lm_loss(model, inputs, unwrapped, return_logits=True)
-        return self._distilled(model, loss, (logits,), teacher, num_items_in_batch)
-
-    def _teacher_rows(self, teacher, inputs) -> tuple:
-        if "labels" not in inputs:
-            return super()._teacher_rows(teacher, inputs)
-        return (masked_lm_logits(teacher, inputs, inputs["labels"] != -100),)
+        steps, scaled = self._accumulation(model, num_items_in_batch)
+        return self.distiller.loss(loss, (logits,), teacher, accumulation_steps=steps, task_scaled=scaled)
 
 
 @torch.no_grad()

@@ -3,7 +3,10 @@ level, one record per level, one table), and the sparsity figures of any model.
 
 ``prune`` zeroes target weights in place with magnitude Top-K (ranked over all targets together or per
 matrix) or an N:M pattern, using the operators of :mod:`cram_hf.compression`; every other parameter and
-every kept weight stays bit-for-bit what it was. ``sparsity_report`` reads the same figures off a model.
+every kept weight stays bit-for-bit what it was, or with a calibrated pruner (:mod:`cram_hf.calibrated`).
+How to prune is a :class:`~cram_hf.pruning_spec.PruningSpec`, and the pruners are the registry
+:data:`~cram_hf.pruning_spec.PRUNERS`. Levels are parsed once, where they come in; ``sparsity_report`` reads the
+same figures off a model.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .choices import SCOPES, check_choice
-from .compression import check_nm_shape, compression_masks, level_name, level_sparsity, parse_level
+from .compression import (
+    Level,
+    check_nm_shape,
+    compression_mask_stream,
+    level_name,
+    level_sparsity,
+    parse_level,
+)
 from .compression import num_pruned as num_pruned_of
+from .pruning_spec import PRUNERS, PruningSpec  # noqa: F401 - the registry lives next to prune
 from .targets import Patterns, target_names, validate_patterns
 
 logger = logging.getLogger(__name__)
@@ -127,15 +137,43 @@ def sparsity_report(model: nn.Module, targets: Patterns = None) -> SparsityRepor
     return sparsity_report_for(model, names, target_patterns=patterns)
 
 
-def validate_pruning(model: nn.Module, sparsity, scope: str = "global", targets: Patterns = None):
+def _spec_of(spec: Optional[PruningSpec], **loose) -> PruningSpec:
+    """``spec``, or the spec the loose keyword arguments of the older signatures describe."""
+    if spec is None:
+        return PruningSpec(**loose)
+    if not isinstance(spec, PruningSpec):
+        raise ValueError(f"spec: must be a PruningSpec, got {type(spec).__name__}.")
+    given = [k for k, v in loose.items() if v != getattr(_DEFAULT_SPEC, k)]
+    if given:
+        raise ValueError(f"spec: give the settings in the spec or as {', '.join(given)}, not both.")
+    return spec
+
+
+_DEFAULT_SPEC = PruningSpec()
+
+
+def _resolved(model, levels, spec, scope, targets, method: dict, levels_name: str):
+    """``one_shot``/``pruned``'s arguments, checked once: ``(spec, calibration, progress, levels, names)``,
+    the spec given or the one the loose ``scope``, ``targets`` and ``**method`` (prune's keywords) describe."""
+    settings = dict(method)
+    calibration, progress = settings.pop("calibration", None), settings.pop("progress", False)
+    spec = _spec_of(spec, scope=scope, targets=targets, **settings)
+    parsed, names = _checked(model, levels, spec, calibration is not None, levels_name)
+    return spec, calibration, progress, parsed, names
+
+
+def validate_pruning(
+    model: nn.Module,
+    sparsity,
+    scope: str = "global",
+    targets: Patterns = None,
+    *,
+    spec: Optional[PruningSpec] = None,
+):
     """Check every argument against the model without touching it; return ``(level, target names)``."""
-    level = parse_level(sparsity, "sparsity")
-    check_choice(scope, SCOPES, "scope")
-    names = target_names(model, targets, name="targets")
-    params = dict(model.named_parameters())
-    for n in names:
-        check_nm_shape(params[n].shape, level, n)
-    _check_reachable(model, names, level)
+    (level,), names = _checked(
+        model, [sparsity], _spec_of(spec, scope=scope, targets=targets), None, "sparsity"
+    )
     return level, names
 
 
@@ -152,19 +190,48 @@ def target_zeros(model: nn.Module, names: Sequence[str]) -> tuple[int, int]:
     return sum(_zeros(params[n]) for n in names), sum(params[n].numel() for n in names)
 
 
-def _check_reachable(model: nn.Module, names: Sequence[str], level) -> None:
-    """Refuse a level the targets' zeros make unreachable (:func:`reachable`). A skeleton on the meta device
-    has no values to count."""
-    if isinstance(level, tuple) or level == 0 or any(p.is_meta for p in model.parameters()):
-        return
+def _checked(
+    model: nn.Module,
+    levels: Sequence,
+    spec: PruningSpec,
+    calibration: Optional[bool],
+    levels_name: str,
+    targets_name: str = "targets",
+) -> tuple[list[Level], list[str]]:
+    """What every entry point checks, once, before any weight changes: the levels parsed (they come in
+    here), the spec's one validation, and that they fit the model. Returns the levels and target names."""
+    parsed = [parse_level(v, levels_name) for v in levels]
+    spec.validate(parsed, calibration=calibration, names={"levels": levels_name, "targets": targets_name})
+    return parsed, _check_fits(model, parsed, spec.targets, levels_name, targets_name)
+
+
+def _check_fits(
+    model: nn.Module, levels: Sequence[Level], targets: Patterns, levels_name: str, targets_name: str
+) -> list[str]:
+    """The one check that parsed ``levels`` fit ``model``; returns the target names. The targets match, each
+    N:M pattern divides every target's input dimension, and no unstructured level is below the zeros the
+    targets hold (pruning never revives a weight; a skeleton on the meta device has no values to count)."""
+    names = target_names(model, targets, name=targets_name)
+    params = dict(model.named_parameters())
+    for level in dict.fromkeys(levels):
+        for n in names:
+            try:
+                check_nm_shape(params[n].shape, level, n)
+            except ValueError as err:
+                raise ValueError(f"{levels_name}: {err}") from None
+    unstructured = [lv for lv in dict.fromkeys(levels) if not isinstance(lv, tuple) and lv != 0]
+    if not unstructured or any(p.is_meta for p in model.parameters()):
+        return names
     zeros, numel = target_zeros(model, names)
-    if not reachable(level, zeros, numel):
-        current = zeros / numel
-        raise ValueError(
-            f"sparsity: {level_name(level)} is below the sparsity the target weights already have "
-            f"({current:.4f}: {zeros:,} of {numel:,} are zero). Pruning never revives a weight; give a level "
-            f">= {current:.4f}, an N:M pattern, or 0 to leave the model as it is."
-        )
+    for level in unstructured:
+        if not reachable(level, zeros, numel):
+            current = zeros / numel
+            raise ValueError(
+                f"{levels_name}: {level_name(level)} is below the sparsity the target weights already have "
+                f"({current:.4f}: {zeros:,} of {numel:,} are zero). Pruning never revives a weight; give a "
+                f"level >= {current:.4f}, an N:M pattern, or 0 to leave the model as it is."
+            )
+    return names
 
 
 def check_levels_fit(
@@ -176,23 +243,17 @@ def check_levels_fit(
     targets_name: str = "targets",
 ) -> None:
     """Check that every level can prune ``model`` (a :func:`~cram_hf.checkpoint.meta_model` skeleton
-    does): the targets match and each N:M pattern divides every target's input dimension. The messages
-    name the arguments, so a bad level fails before any model is loaded or evaluated."""
-    names = target_names(model, targets, name=targets_name)
-    params = dict(model.named_parameters())
-    for value in levels:
-        level = parse_level(value, levels_name)
-        for n in names:
-            try:
-                check_nm_shape(params[n].shape, level, n)
-            except ValueError as err:
-                raise ValueError(f"{levels_name}: {err}") from None
+    does): the targets match, each N:M pattern divides every target's input dimension, and no level is
+    below the zeros the targets already hold. The messages name the arguments, so a bad level fails before
+    any model is loaded or evaluated."""
+    _checked(model, levels, PruningSpec(targets=targets), None, levels_name, targets_name)
 
 
 @torch.no_grad()
 def prune(
     model: nn.Module,
     sparsity,
+    spec: Optional[PruningSpec] = None,
     *,
     scope: str = "global",
     targets: Patterns = None,
@@ -205,10 +266,12 @@ def prune(
     """Prune ``model`` in place, one shot, and return a :class:`SparsityReport`.
 
     ``sparsity``: a float in ``[0, 1)`` (zero exactly ``round(s*n)`` target weights) or ``"N:M"`` (keep
-    ``N`` of every ``M`` consecutive inputs of each ``weight[out, in]``). ``targets``: ``None`` for the default
-    rule (Linear weights of the transformer layers) or regexes on parameter names.
+    ``N`` of every ``M`` consecutive inputs of each ``weight[out, in]``). ``spec``: a :class:`PruningSpec`
+    (method, scope, targets, settings), or the same as the keyword arguments ``scope``, ``targets``
+    (``None`` for the default rule, Linear weights of the transformer layers, or regexes on parameter names),
+    ``method``, ``damping``, ``block_size``.
 
-    ``method``:
+    ``method`` (:data:`~cram_hf.pruning_spec.PRUNERS`):
 
     - ``"magnitude"`` (no calibration): the smallest ``|w|``, ranked over all targets together
       (``scope="global"``) or per matrix (``"layer"``); N:M keeps the largest ``|w|`` of each group.
@@ -221,64 +284,52 @@ def prune(
     Every argument is validated before any weight changes; kept weights and non-targets are untouched by
     magnitude pruning (SparseGPT updates the kept weights of the targets, by design).
     """
-    from .choices import CALIBRATED, METHODS
-
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method: must be one of {METHODS}, got {method!r}.")
-    if method in CALIBRATED and calibration is None:
-        raise ValueError(f"calibration: method {method!r} needs calibration batches (magnitude does not).")
-    if not (isinstance(damping, (int, float)) and damping >= 0):
-        raise ValueError(f"damping: must be a number >= 0, got {damping!r}.")
-    if not (isinstance(block_size, int) and block_size >= 1):
-        raise ValueError(f"block_size: must be a positive integer, got {block_size!r}.")
-    level, names = validate_pruning(model, sparsity, scope, targets)
-    patterns = validate_patterns(targets, "targets") or None
-    params = dict(model.named_parameters())
-    tensors = [params[n] for n in names]
-    if method in CALIBRATED:
-        return _prune_calibrated(
-            model,
-            names,
-            tensors,
-            level,
-            scope,
-            patterns,
-            method,
-            calibration,
-            damping,
-            block_size,
-            progress,
-            t0,
-        )
+    spec = _spec_of(spec, scope=scope, targets=targets, method=method, damping=damping, block_size=block_size)
+    (level,), names = _checked(model, [sparsity], spec, calibration is not None, "sparsity")
+    return _prune_checked(model, names, level, spec, calibration, progress, t0)
+
+
+def _prune_checked(model, names, level, spec, calibration, progress, t0) -> SparsityReport:
+    """:func:`prune` once its arguments are checked: run the spec's pruner and report."""
+    pruner = spec.pruner
+    batches = list(calibration) if pruner.calibrated else None
     t1 = time.perf_counter()
-    masks = compression_masks(tensors, level, scope)
+    # 0 prunes nothing, whatever the method.
+    num_pruned = 0 if level == 0 else pruner.function()(model, names, level, spec, batches, progress)
     t2 = time.perf_counter()
-    num_pruned = 0
-    for p, keep in zip(tensors, masks):
-        drop = ~keep
-        num_pruned += int(drop.sum())
-        # masked_fill writes exact +0.0 where pruned and leaves kept entries bit-identical.
-        p.data.masked_fill_(drop, 0)
-    t3 = time.perf_counter()
     is_nm = isinstance(level, tuple)
     report = sparsity_report_for(
         model,
         names,
-        method="n:m" if is_nm else "magnitude",
+        # Magnitude pruning to a pattern has always been recorded as "n:m" (checkpoints, model cards).
+        method="n:m" if is_nm and spec.method == "magnitude" else spec.method,
         level=level_name(level),
-        scope=None if is_nm else scope,
-        target_patterns=patterns,
+        scope=None if is_nm else spec.scope,
+        target_patterns=list(spec.targets) if spec.targets else None,
         num_pruned=num_pruned,
     )
-    report.seconds = {
-        "validate": t1 - t0,
-        "masks": t2 - t1,
-        "apply": t3 - t2,
-        "total": time.perf_counter() - t0,
-    }
+    report.method_params = {p: getattr(spec, p) for p in pruner.params}
+    if batches is not None:
+        report.method_params["calibration_batches"] = len(batches)
+    report.seconds = {"validate": t1 - t0, "prune": t2 - t1, "total": time.perf_counter() - t0}
     _state_zeros_kept(report, level)
     return report
+
+
+def prune_magnitude(model, names, level, spec, calibration=None, progress=False) -> int:
+    """The ``"magnitude"`` pruner (:class:`~cram_hf.pruning_spec.Pruner`): the masks of
+    :func:`~cram_hf.compression.compression_masks`, applied in place one matrix at a time (a bool mask of
+    every target at once would cost a quarter of their float32 bytes)."""
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in names]
+    num_pruned = 0
+    for p, keep in zip(tensors, compression_mask_stream(tensors, level, spec.scope)):
+        drop = ~keep
+        num_pruned += int(drop.sum())
+        # masked_fill writes exact +0.0 where pruned and leaves kept entries bit-identical.
+        p.data.masked_fill_(drop, 0)
+    return num_pruned
 
 
 def _state_zeros_kept(report: SparsityReport, level) -> None:
@@ -300,52 +351,6 @@ def _state_zeros_kept(report: SparsityReport, level) -> None:
         )
 
 
-def _prune_calibrated(
-    model, names, tensors, level, scope, patterns, method, calibration, damping, block_size, progress, t0
-) -> SparsityReport:
-    from .calibrated import prune_calibrated
-
-    is_nm = isinstance(level, tuple)
-    counts = {}
-    if not is_nm:
-        if scope == "layer":
-            counts = {n: num_pruned_of(t.numel(), level) for n, t in zip(names, tensors)}
-        else:  # the allocation global magnitude ranking makes, matrix by matrix
-            masks = compression_masks(tensors, level, "global")
-            counts = {n: int((~m).sum()) for n, m in zip(names, masks)}
-            del masks
-    t1 = time.perf_counter()
-    batches = list(calibration)
-    if level != 0:  # 0 prunes nothing, whatever the method
-        prune_calibrated(
-            model,
-            names,
-            counts,
-            level,
-            method,
-            batches,
-            damping=damping,
-            block_size=block_size,
-            progress=progress,
-        )
-    report = sparsity_report_for(
-        model,
-        names,
-        method=method,
-        level=level_name(level),
-        scope=None if is_nm else scope,
-        target_patterns=patterns,
-        num_pruned=sum(counts.values())
-        if not is_nm
-        else sum(t.numel() * (level[1] - level[0]) // level[1] for t in tensors),
-    )
-    report.method_params = {"damping": damping, "block_size": block_size} if method == "sparsegpt" else {}
-    report.method_params["calibration_batches"] = len(batches)
-    report.seconds = {"allocate": t1 - t0, "total": time.perf_counter() - t0}
-    _state_zeros_kept(report, level)
-    return report
-
-
 def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
     """True when every group of ``m`` consecutive inputs of ``weight[out, in]`` has at most ``n`` nonzeros."""
     if weight.dim() != 2 or weight.shape[1] % m:
@@ -355,18 +360,36 @@ def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
 
 
 @contextlib.contextmanager
-def pruned(model: nn.Module, level, scope: str = "global", targets: Patterns = None, **method):
+def pruned(
+    model: nn.Module,
+    level,
+    scope: str = "global",
+    targets: Patterns = None,
+    *,
+    spec: Optional[PruningSpec] = None,
+    **method,
+):
     """Prune ``model`` in place for the duration of the block, then put every weight back bit-exactly.
 
     Cheaper than a deep copy (only the target matrices are saved — the only weights any method changes) and
-    a Trainer keeps evaluating the very module it wraps. ``method``: :func:`prune`'s ``method``,
-    ``calibration``, ``damping``, ``block_size``. Yields the :class:`SparsityReport`.
+    a Trainer keeps evaluating the very module it wraps. ``spec`` / ``method``: as for :func:`prune`
+    (``method``, ``damping``, ``block_size``; and ``calibration``, ``progress``). Yields the
+    :class:`SparsityReport`.
     """
-    _, names = validate_pruning(model, level, scope, targets)
+    t0 = time.perf_counter()
+    spec, calibration, progress, (level,), names = _resolved(
+        model, [level], spec, scope, targets, method, "sparsity"
+    )
+    with _restoring(model, names):
+        yield _prune_checked(model, names, level, spec, calibration, progress, t0)
+
+
+@contextlib.contextmanager
+def _restoring(model: nn.Module, names: Sequence[str]):
     params = dict(model.named_parameters())
     saved = {n: params[n].detach().clone() for n in names}
     try:
-        yield prune(model, level, scope=scope, targets=targets, **method)
+        yield
     finally:
         with torch.no_grad():
             for n, value in saved.items():
@@ -382,6 +405,7 @@ def one_shot(
     targets: Patterns = None,
     label: Optional[str] = None,
     on_row: Optional[Callable[[dict], None]] = None,
+    spec: Optional[PruningSpec] = None,
     **method,
 ) -> list[dict]:
     """The one-shot loop: for each level, prune ``model`` in place, call ``evaluate(model)`` (a dict of
@@ -390,17 +414,21 @@ def one_shot(
         {"model": label, "level": "0.7", "pattern": None, "sparsity": 0.7, "achieved_sparsity": ...,
          "model_sparsity": ..., <metric>: ..., "prune_seconds": ..., "eval_seconds": ...}
 
-    (``pattern`` is ``"2:4"`` for N:M levels; ``method`` is added when ``method=`` is given). ``method``:
-    :func:`prune`'s ``method``, ``calibration``, ``damping``, ``block_size``. Every level is checked against the
-    model before the first is evaluated. ``on_row`` sees each record as soon as it exists.
+    (``pattern`` is ``"2:4"`` for N:M levels; ``method`` is added when ``spec`` or ``method=`` is given).
+    ``spec`` / ``method``: as for :func:`prune` (``method``, ``damping``, ``block_size``; and ``calibration``,
+    ``progress``). Every level is checked against the model before the first is evaluated, once. ``on_row``
+    sees each record as soon as it exists.
     """
-    parsed = [parse_level(level, "levels") for level in levels]
-    for level in dict.fromkeys(parsed):
-        validate_pruning(model, level, scope, targets)
+    named_method = spec is not None or "method" in method
+    spec, calibration, progress, parsed, names = _resolved(
+        model, levels, spec, scope, targets, method, "levels"
+    )
+    # The checks hold at every level: each starts from the model as it was.
     rows = []
     for level in parsed:
         t0 = time.perf_counter()
-        with pruned(model, level, scope, targets, **method) as report:
+        with _restoring(model, names):
+            report = _prune_checked(model, names, level, spec, calibration, progress, t0)
             t1 = time.perf_counter()
             metrics = evaluate(model)
             t2 = time.perf_counter()
@@ -408,7 +436,7 @@ def one_shot(
         rows.append(
             {
                 "model": label,
-                **({"method": method["method"]} if "method" in method else {}),
+                **({"method": spec.method} if named_method else {}),
                 "level": name,
                 "pattern": name if isinstance(level, tuple) else None,
                 "sparsity": level_sparsity(level),

@@ -419,7 +419,7 @@ def run_sweep(
                 bar.update(1)
 
             calibration = None
-            if any(m != "magnitude" for m in o.methods):
+            if any(spec.pruner.calibrated for spec in o.specs.values()):
                 from .calibration import calibration_batches
 
                 calibration = calibration_batches(
@@ -433,18 +433,16 @@ def run_sweep(
                 name = label if o.methods == ["magnitude"] else f"{label} · {method}"
                 if len(set(o.scopes.values())) > 1:
                     name += f" ({SCOPE_NAMES[o.scopes[method]]})"
-                extra = {"calibration": calibration} if method != "magnitude" else {}
+                spec = o.specs[method]
                 # In place, restored bit-exactly after each level: no copy of the model per level.
                 record["results"] += one_shot(
                     model,
                     levels,
                     evaluate,
-                    scope=o.scopes[method],
-                    targets=o.targets,
+                    spec=spec,
                     label=name,
                     on_row=show,
-                    method=method,
-                    **extra,
+                    calibration=calibration if spec.pruner.calibrated else None,
                 )
             del model
     finally:

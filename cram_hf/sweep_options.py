@@ -1,17 +1,26 @@
-"""What ``cram-hf sweep`` offers — tasks, their metrics, default levels, file types — and its options, as
-plain Python importable without torch so that ``cram-hf --help`` does not pay for it."""
+"""What ``cram-hf sweep`` offers — tasks, their metrics, default levels — and its options, as plain Python
+importable without torch so that ``cram-hf --help`` does not pay for it. How to prune comes from the pruning
+side (:mod:`cram_hf.pruning_spec`); this module only spells it as the CLI's flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from .choices import EVAL_MASK_SEED, METHODS, SCOPES, TABLE_EXTENSIONS, TEXT_EXTENSIONS  # noqa: F401 - re-exported
+from .choices import EVAL_MASK_SEED
+from .pruning_spec import PruningSpec
 
 TASKS = ("mlm", "classification")
 METRICS = {"mlm": ("accuracy", "loss", "perplexity"), "classification": ("accuracy", "f1", "loss")}
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "perplexity": False}
 DEFAULT_LEVELS = ("0", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4")
+
+
+def flag_names(**overrides: str) -> dict:
+    """How :meth:`PruningSpec.validate`'s messages name its arguments on the command line: ``--<field>``,
+    the calibration data ``--calibration_file``, and ``overrides`` (e.g. ``levels="--sparsity"``)."""
+    fields = ("method", "scope", "targets", "damping", "block_size", "num_calibration_samples")
+    return {**{f: f"--{f}" for f in fields}, "calibration": "--calibration_file", **overrides}
 
 
 @dataclass
@@ -34,6 +43,9 @@ class SweepOptions:
         methods: pruners to compare, one curve per model and method ("magnitude", "wanda", "sparsegpt").
         calibration_file, num_calibration_samples: the calibration text for wanda / sparsegpt (the
             sequences are cut to ``max_seq_length``).
+
+    ``specs`` then maps each method to its :class:`~cram_hf.pruning_spec.PruningSpec`, checked against the
+    levels.
     """
 
     levels: Sequence
@@ -61,28 +73,26 @@ class SweepOptions:
 
         self.levels = parse_levels(self.levels, "--sparsities", required=True)
         self.methods = list(dict.fromkeys(self.methods or ["magnitude"]))
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"--methods: {bad[0]!r} is not one of {METHODS}.")
         scopes = [self.scope] if isinstance(self.scope, str) else list(self.scope)
         if len(scopes) not in (1, len(self.methods)):
             raise ValueError(
                 f"--scope: one scope for every method, or one per --methods entry ({len(self.methods)}), got "
                 f"{len(scopes)}: {' '.join(scopes)}."
             )
-        bad = [v for v in scopes if v not in SCOPES]
-        if bad:
-            raise ValueError(f"--scope: {bad[0]!r} is not one of {SCOPES}.")
         self.scope = scopes[0] if len(scopes) == 1 else scopes
         self.scopes = dict(zip(self.methods, scopes * len(self.methods) if len(scopes) == 1 else scopes))
-        calibrated = [m for m in self.methods if m != "magnitude"]
-        if calibrated and self.calibration_file is None:
-            raise ValueError(f"--calibration_file: --methods {' '.join(calibrated)} needs calibration text.")
+        names = flag_names(method="--methods", levels="--sparsities")
+        # One spec per curve, each checked once against every level; the sweep prunes with them as they are.
+        self.specs = {
+            m: PruningSpec(
+                m,
+                self.scopes[m],
+                self.targets,
+                num_calibration_samples=self.num_calibration_samples,
+            ).validate(self.levels, calibration=self.calibration_file is not None, names=names)
+            for m in self.methods
+        }
         if self.calibration_file is not None:
             from .calibration import check_calibration_file
 
             check_calibration_file(self.calibration_file, "--calibration_file")
-        if not isinstance(self.num_calibration_samples, int) or self.num_calibration_samples < 1:
-            raise ValueError(
-                f"--num_calibration_samples: must be a positive integer, got {self.num_calibration_samples!r}."
-            )

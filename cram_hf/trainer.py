@@ -12,15 +12,7 @@ from transformers import Trainer
 from .compression import level_sparsity
 from .config import CrAMConfig
 from .cram_step import CrAM
-from .distillation import (
-    check_teacher_fits,
-    combined_loss,
-    distillation_logits,
-    distillation_loss,
-    freeze,
-    load_teacher,
-    model_class_of,
-)
+from .distillation import Distiller, distillation_logits
 from .schedule import cram_step_due
 from .targets import default_target_names
 
@@ -51,11 +43,12 @@ class CrAMTrainer(Trainer):
     The logged ``loss`` is the clean (dense) loss, as with the stock Trainer; the loss at the compressed
     point, the mean level sparsity and the perturbation norm ``‖θ̃ - θ‖`` are logged beside it.
 
-    Knowledge distillation (:mod:`cram_hf.distillation`): with ``teacher_model=`` (a loaded model) or
-    ``args.distill_teacher`` (loaded with the student's model class), ``compute_loss`` returns
-    ``h·KD + (1-h)·task loss``. The teacher is frozen, in eval mode, outside the model (never trained, never
-    saved) and follows the student's device and dtype; its logits are computed once per micro-batch, before
-    both CrAM passes, which reuse them. ``distill_loss`` and ``task_loss`` are logged beside ``loss``.
+    Knowledge distillation: with ``teacher_model=`` (a loaded model) or ``args.distill_teacher`` (loaded with
+    the student's model class), ``self.distiller`` is a :class:`~cram_hf.distillation.Distiller` (the class
+    ``distiller_class``), which owns the teacher — frozen, outside the model, never trained or saved — and the
+    loss ``h·KD + (1-h)·task loss`` that ``compute_loss`` returns. ``training_step`` has it run the teacher
+    once per micro-batch, before both CrAM passes, which reuse its logits; ``distill_loss`` and ``task_loss``
+    are logged beside ``loss``.
 
     Example::
 
@@ -65,6 +58,8 @@ class CrAMTrainer(Trainer):
         trainer = CrAMTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
         trainer.train()
     """
+
+    distiller_class = Distiller
 
     def __init__(self, model=None, args: CrAMConfig = None, *pos, teacher_model=None, **kwargs):
         if args is None:
@@ -83,9 +78,17 @@ class CrAMTrainer(Trainer):
                 f"{type(args).__name__}; build it with CrAMConfig(**your_training_args.to_dict(), cram_rho=...)."
             )
         super().__init__(model, args, *pos, **kwargs)
-        self.teacher_model = self._setup_teacher(teacher_model)
+        self.distiller = None
+        if teacher_model is not None or args.distill_teacher is not None:
+            self.distiller = self.distiller_class.for_student(
+                self.model,
+                args,
+                teacher_model,
+                label_names=self.label_names,
+                autocast=lambda: self.accelerator.autocast(),  # the accelerator of the moment (HP search)
+            )
         if (
-            (args.cram_enabled or self.teacher_model is not None)
+            (args.cram_enabled or self.distiller is not None)
             and self.model_accepts_loss_kwargs
             and not _honours_num_items_in_batch(self.model)
         ):
@@ -96,23 +99,11 @@ class CrAMTrainer(Trainer):
         self.cram = self._build_cram()
         self._cram_unbound = False
         self._reset_cram_logs()
-        self._teacher_logits = None  # the current micro-batch's, while training_step runs
-        self._distill_sums = None  # [KD, task loss, weight], each weighted as its optimizer step weights it
-        self._distill_unrecorded = False
 
-    def _setup_teacher(self, teacher_model):
-        """The frozen teacher: ``teacher_model``, else loaded from ``args.distill_teacher``; ``None`` without."""
-        if teacher_model is None and self.args.distill_teacher is None:
-            return None
-        if teacher_model is None:
-            teacher_model = load_teacher(model_class_of(self.model), self.args.distill_teacher)
-        elif not isinstance(teacher_model, torch.nn.Module):
-            raise TypeError(
-                f"teacher_model: must be a loaded model (an nn.Module), got {type(teacher_model).__name__}; "
-                "pass a model folder or Hub id as CrAMConfig(distill_teacher=...) instead."
-            )
-        check_teacher_fits(getattr(self.model, "config", None), getattr(teacher_model, "config", None))
-        return freeze(teacher_model)
+    @property
+    def teacher_model(self):
+        """The frozen teacher, ``None`` without distillation."""
+        return self.distiller.teacher if self.distiller is not None else None
 
     def _build_cram(self) -> CrAM:
         """A ``CrAM`` bound to the parameters of ``self.model`` as they are now (trainable ones only)."""
@@ -143,16 +134,11 @@ class CrAMTrainer(Trainer):
                     callback.unbind()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.teacher_model is None:
+        if self.distiller is None:
             return self._cram_training_step(model, inputs, num_items_in_batch)
         # Once per micro-batch: the clean and the compressed pass see the same inputs, hence the same teacher.
-        self._teacher_logits = self.teacher_logits(self._prepare_inputs(inputs))
-        self._distill_unrecorded = True  # the first (clean) pass records; the logged loss is the clean one
-        try:
+        with self.distiller.sharing_teacher(self._prepare_inputs(inputs), self.model):
             return self._cram_training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._teacher_logits = None
-            self._distill_unrecorded = False  # an evaluation's compute_loss records nothing
 
     def _cram_training_step(self, model, inputs, num_items_in_batch=None):
         if self._cram_unbound:
@@ -195,80 +181,38 @@ class CrAMTrainer(Trainer):
         scale = getattr(scaler, "_scale", None)
         return scale.squeeze() if torch.is_tensor(scale) else scaler.get_scale()
 
-    # --- distillation --------------------------------------------------------------------------------------
+    # --- distillation (cram_hf.distillation.Distiller) ----------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        teacher = self._current_teacher_logits(inputs)
-        if teacher is None:
+        if self.distiller is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        teacher = self.distiller.teacher_rows(inputs, self.model)
         # Taken before the stock compute_loss, which pops the labels when it smooths them.
         selectors = {k: inputs[k] for k in ("labels", "attention_mask") if k in inputs}
         task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        student = distillation_logits(outputs, selectors)
-        loss = self._distilled(model, task_loss, student, teacher, num_items_in_batch)
+        steps, scaled = self._accumulation(model, num_items_in_batch)
+        loss = self.distiller.loss(
+            task_loss,
+            distillation_logits(outputs, selectors),
+            teacher,
+            accumulation_steps=steps,
+            task_scaled=scaled,
+        )
         return (loss, outputs) if return_outputs else loss
 
-    def _current_teacher_logits(self, inputs):
-        """The teacher's logits for ``inputs``: those ``training_step`` computed for this micro-batch, or
-        (evaluation, prediction) computed now; ``None`` without a teacher."""
-        if self.teacher_model is None:
-            return None
-        return self._teacher_logits if self._teacher_logits is not None else self.teacher_logits(inputs)
-
-    def teacher_logits(self, inputs) -> tuple:
-        """The teacher's logits on ``inputs`` at the rows the loss distils (:func:`distillation_logits`)."""
-        teacher = self.teacher_model
-        student = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-        own = next(teacher.parameters(), None)
-        # Moved at first use: the Trainer places the student only when it is set up (device, dtype).
-        if (
-            student is not None
-            and own is not None
-            and (own.device, own.dtype) != (student.device, student.dtype)
-        ):
-            teacher.to(device=student.device, dtype=student.dtype)
-        if teacher.training:
-            teacher.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            return self._teacher_rows(teacher, inputs)
-
-    def _teacher_rows(self, teacher, inputs) -> tuple:
-        outputs = teacher(**{k: v for k, v in inputs.items() if k not in self.label_names})
-        return distillation_logits(outputs, inputs)
-
-    def _distilled(self, model, task_loss, student, teacher, num_items_in_batch):
-        """``h·KD + (1-h)·task_loss`` for one micro-batch, KD the mean of its terms (QA: start and end)."""
-        args = self.args
-        distill = torch.stack(
-            [distillation_loss(s, t, args.distill_temperature) for s, t in zip(student, teacher, strict=True)]
-        ).mean()
-        k = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
-        # The stock step divides the loss by K unless the task loss is already a share of the accumulated
-        # batch (a model that weights it by num_items_in_batch): then the per-micro-batch KD mean needs its 1/K
-        # here, so each micro-batch weighs 1/K in the step either way.
-        task_scaled = model.training and self._loss_is_scaled_for_ga(num_items_in_batch)
-        if self._distill_unrecorded:
-            self._distill_unrecorded = False
-            self._record_distill(distill, task_loss, k, task_scaled)
-        return combined_loss(distill / k if task_scaled else distill, task_loss, args.distill_hardness)
-
-    def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
-        """The stock ``training_step``'s own test: true when it does *not* divide the loss by the accumulation
-        steps."""
+    def _accumulation(self, model, num_items_in_batch) -> tuple:
+        """How the stock ``training_step`` weights this micro-batch's loss: ``(K, scaled)``, ``K`` the
+        accumulation steps and ``scaled`` true when the loss is already a share of the accumulated batch, so
+        the step does *not* divide it by ``K`` (the stock step's own test). Outside training nothing is scaled."""
+        k = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if not model.training:
+            return k, False
         explicit = getattr(self, "loss_is_scaled_for_ga", None)  # transformers 5.x
         if explicit is not None:
-            return explicit
-        return (
-            self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        ) or self.compute_loss_func is not None
-
-    def _record_distill(self, distill, task_loss, k: int, task_scaled: bool) -> None:
-        # Each term weighted as the optimizer step weights it (1/K, or the task loss's own share when it is
-        # already scaled), the weight summed beside them: log() divides, for means over micro-batches.
-        distill = distill.detach().float()
-        task = task_loss.detach().float().mean()
-        values = torch.stack([distill / k, task if task_scaled else task / k, distill.new_full((), 1.0 / k)])
-        self._distill_sums = values if self._distill_sums is None else self._distill_sums + values
+            return k, explicit
+        return k, (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
 
     # --- logging: sums stay on the device until the Trainer logs -------------------------------------------
 
@@ -312,9 +256,7 @@ class CrAMTrainer(Trainer):
                 [self._cram_sparsity_sum, self._cram_finite, self._cram_skipped, self._cram_plain],
                 device=device,
             )
-            sums = torch.cat([sums.float(), host.float()])
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="sum")
+            sums = self._sum_over_ranks(torch.cat([sums.float(), host.float()]))
             loss_sum, norm_sum, sparsity_sum, finite, skipped, plain = sums.tolist()
             if finite:
                 logs["cram_compressed_loss"] = round(loss_sum / finite, 4)
@@ -325,15 +267,14 @@ class CrAMTrainer(Trainer):
             if self.args.cram_interval > 1 or self.args.cram_probability < 1:
                 logs["cram_step_fraction"] = round((finite + skipped) / (finite + skipped + plain), 4)
             self._reset_cram_logs()
-        if "loss" in logs and self._distill_sums is not None:
-            sums = self._distill_sums.to(self.args.device)
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="sum")
-            distill_sum, task_sum, weight = sums.tolist()
-            logs["distill_loss"] = round(distill_sum / weight, 4)
-            logs["task_loss"] = round(task_sum / weight, 4)
-            self._distill_sums = None
+        if "loss" in logs and self.distiller is not None:
+            logs.update(self.distiller.pop_logs(self._sum_over_ranks))
         super().log(logs, *args, **kwargs)
+
+    def _sum_over_ranks(self, sums):
+        """``sums`` on this process's device, summed over the DDP ranks."""
+        sums = sums.to(self.args.device)
+        return self.accelerator.reduce(sums, reduction="sum") if self.args.world_size > 1 else sums
 
 
 def _honours_num_items_in_batch(model) -> bool:

@@ -15,7 +15,7 @@ Modelled on transformers' ``examples/pytorch/text-classification/run_glue.py`` (
 * ``--eval_sparsities 0.5 0.7 0.9 2:4``: after fine-tuning, one-shot prune at each level and evaluate
   (table printed, ``eval_sparsities.json`` in ``--output_dir``).
 
-Metrics are computed locally (``cram_hf.metrics``), so only GLUE's data needs the Hub.
+Metrics are computed locally (``task_metrics.py``, beside this script), so only GLUE's data needs the Hub.
 
     python recipes/run_glue.py --model_name_or_path sparse-bert --task_name rte --do_train --do_eval \\
         --max_seq_length 128 --per_device_train_batch_size 32 --learning_rate 2e-5 --num_train_epochs 3 \\
@@ -37,35 +37,23 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    DataCollatorWithPadding,
     EvalPrediction,
-    HfArgumentParser,
-    default_data_collator,
     set_seed,
 )
 
+from command_line import run_recipe, setup_logging
 from cram_hf import CrAMTrainer
-from cram_hf.arguments import UsageError, run_recipe, setup_logging
-from cram_hf.arguments import parse_args as parse_recipe_args
-from cram_hf.checkpoint import check_model_source
+from cram_hf.errors import UsageError
 from cram_hf.files import check_not_empty, write_text
-from cram_hf.metrics import GLUE_TASKS, classification_metrics, glue_metrics, regression_metrics
-from cram_hf.recipe_support import (
-    FinetuneConfig,
-    GradualPruningArguments,
-    SparseTransferArguments,
-    check_gradual_pruning,
-    check_model_fits,
-    check_model_path,
-    check_sample_limits,
-    eval_levels,
-    evaluate_sparsities,
-    from_the_hub,
-    gradual_pruning_callback,
-    load_distill_teacher,
-    setup_keep_sparsity,
-    train_and_save,
-)
+from cram_hf.metrics import classification_metrics, regression_metrics
+from gradual_pruning import gradual_pruning_callback
+from hub_access import from_the_hub
+from one_shot_table import finetune_one_shot_table
+from preflight import load_distill_teacher, preflight_finetune
+from recipe_arguments import ModelArguments, check_sample_limits, parse_finetune_args
+from recipe_data import limit, padding_collator, window_length
+from task_metrics import GLUE_TASKS, glue_metrics
+from train_and_save import setup_keep_sparsity, train_and_save
 
 task_to_keys = {
     "cola": ("sentence", None),
@@ -152,46 +140,20 @@ class DataTrainingArguments:
 
 
 @dataclass
-class ModelArguments:
-    """Which model/config/tokenizer to fine-tune from."""
+class ClassifierModelArguments(ModelArguments):
+    """Which model/config/tokenizer to fine-tune from, and how to read a classifier of another head size."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."}
-    )
-    config_name: Optional[str] = field(
-        default=None, metadata={"help": "Config name or path, if not the model's."}
-    )
-    tokenizer_name: Optional[str] = field(
-        default=None, metadata={"help": "Tokenizer name or path, if not the model's."}
-    )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads."})
     use_fast_tokenizer: bool = field(
         default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."}
     )
-    model_revision: str = field(default="main", metadata={"help": "Model version (branch, tag or commit)."})
-    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise a classification head of a different size."}
     )
 
-    def __post_init__(self):
-        check_model_source(self.model_name_or_path, "model_name_or_path")
-        check_model_path(self.model_name_or_path)
-
 
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
-    parser = HfArgumentParser(
-        (
-            ModelArguments,
-            DataTrainingArguments,
-            SparseTransferArguments,
-            GradualPruningArguments,
-            FinetuneConfig,
-        )
-    )
-    return parse_recipe_args(parser, argv)
+    return parse_finetune_args(ClassifierModelArguments, DataTrainingArguments, argv)
 
 
 def pick_text_columns(data_args, raw_datasets) -> tuple[str, Optional[str]]:
@@ -235,24 +197,8 @@ def main(argv=None):
     model_args, data_args, sparse_args, gradual_args, training_args = parse_args(argv)
 
     setup_logging(training_args, logger)
-    sparse_args.eval_sparsities = eval_levels(sparse_args.eval_sparsities, training_args)
-
-    if sparse_args.eval_sparsities and not training_args.do_eval:
-        raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
-    check_gradual_pruning(gradual_args, training_args, sparse_args)
-    common = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    check_model_fits(
-        model_args.config_name or model_args.model_name_or_path,
-        AutoModelForSequenceClassification,
-        training_args,
-        sparse_args.eval_sparsities,
-        kept_zeros_of=None if sparse_args.keep_sparsity is False else model_args.model_name_or_path,
-        **common,
+    common = preflight_finetune(
+        model_args, sparse_args, gradual_args, training_args, AutoModelForSequenceClassification
     )
     set_seed(training_args.seed)
 
@@ -344,12 +290,7 @@ def main(argv=None):
     if label_list is not None and data_args.task_name is None:
         label_to_id = {v: i for i, v in enumerate(label_list)}
 
-    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
-    if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(
-            f"max_seq_length {data_args.max_seq_length} > the model's maximum "
-            f"{tokenizer.model_max_length}; using {max_seq_length}."
-        )
+    max_seq_length = window_length(data_args.max_seq_length, tokenizer, logger)
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):
@@ -384,9 +325,6 @@ def main(argv=None):
             }
         )
 
-    def limit(dataset, n):
-        return dataset.select(range(min(len(dataset), n))) if n is not None else dataset
-
     train_dataset = (
         limit(raw_datasets["train"], data_args.max_train_samples) if training_args.do_train else None
     )
@@ -416,13 +354,6 @@ def main(argv=None):
             return regression_metrics(preds, p.label_ids)
         return classification_metrics(preds, p.label_ids, num_labels)
 
-    if data_args.pad_to_max_length:
-        data_collator = default_data_collator
-    else:
-        data_collator = DataCollatorWithPadding(
-            tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None
-        )
-
     trainer = CrAMTrainer(
         model=model,
         args=training_args,
@@ -430,7 +361,7 @@ def main(argv=None):
         eval_dataset=next(iter(eval_sets.values())) if eval_sets else None,
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
-        data_collator=data_collator,
+        data_collator=padding_collator(tokenizer, data_args.pad_to_max_length, training_args.fp16),
         callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
         teacher_model=teacher,
     )
@@ -456,16 +387,8 @@ def main(argv=None):
         trainer.save_metrics("eval", dense_metrics)
         if sparse_args.eval_sparsities:
             logger.info("*** One-shot pruning: %s ***", " ".join(sparse_args.eval_sparsities))
-            evaluate_sparsities(
-                evaluate_all,
-                trainer.model,
-                sparse_args.eval_sparsities,
-                scope=sparse_args.eval_sparsity_scope,
-                targets=training_args.cram_targets,
-                output_dir=training_args.output_dir,
-                dense_metrics=dense_metrics,
-                write=trainer.is_world_process_zero(),
-                **sparse_args.pruning_method(tokenizer, max_seq_length),
+            finetune_one_shot_table(
+                evaluate_all, trainer, sparse_args, training_args, tokenizer, max_seq_length, dense_metrics
             )
 
     if training_args.do_predict:

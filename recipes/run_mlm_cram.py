@@ -33,34 +33,21 @@ from transformers import (
     set_seed,
 )
 
-from cram_hf.arguments import (
-    UsageError,
-    parse_args,
-    run_recipe,
-    setup_logging,
-)
+from command_line import parse_args, run_recipe, setup_logging
 from cram_hf.checkpoint import check_model_source
 from cram_hf.choices import EVAL_MASK_SEED, TABLE_EXTENSIONS, TEXT_EXTENSIONS, builder_for, extension
 from cram_hf.compression import parse_levels
+from cram_hf.errors import UsageError
 from cram_hf.files import check_not_empty
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
 from cram_hf.mlm_data import ReproducibleMLMCollator, tokenize_for_mlm
-from cram_hf.recipe_support import (
-    EvalPruningArguments,
-    GradualPruningArguments,
-    RecipeConfig,
-    check_gradual_pruning,
-    check_model_fits,
-    check_sample_limits,
-    eval_levels,
-    evaluate_sparsities,
-    from_the_hub,
-    gradual_pruning_callback,
-    last_checkpoint,
-    load_distill_teacher,
-    pruning_metrics,
-    save_sparsity_record,
-)
+from gradual_pruning import GradualPruningArguments, gradual_pruning_callback
+from hub_access import from_the_hub, hub_kwargs
+from one_shot_table import evaluate_sparsities
+from preflight import last_checkpoint, load_distill_teacher, preflight
+from recipe_arguments import EvalPruningArguments, RecipeConfig, check_sample_limits
+from recipe_data import limit
+from train_and_save import train_and_save
 
 logger = logging.getLogger(__name__)
 MODEL_TYPES = tuple(conf.model_type for conf in MODEL_FOR_MASKED_LM_MAPPING.keys())
@@ -161,7 +148,11 @@ class DataTrainingArguments(EvalPruningArguments):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        # Not super().__post_init__(): the one check of the pruning spec wants the levels too.
+        self.eval_sparsities = (
+            None if self.eval_sparsities is None else parse_levels(self.eval_sparsities, "eval_sparsities")
+        )
+        self.check_pruning(self.eval_sparsities or ())
         check_sample_limits(self)
         if self.streaming:
             raise ValueError(
@@ -186,8 +177,6 @@ class DataTrainingArguments(EvalPruningArguments):
             raise ValueError("validation_split_percentage: must be in [0, 100).")
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"max_seq_length: must be >= 8, got {self.max_seq_length}.")
-        if self.eval_sparsities is not None:
-            self.eval_sparsities = parse_levels(self.eval_sparsities, "eval_sparsities")
 
 
 def load_raw_datasets(data_args, model_args):
@@ -222,15 +211,6 @@ def load_raw_datasets(data_args, model_args):
         )
         raw["train"], raw["validation"] = split["train"], split["test"]
     return raw
-
-
-def hub_kwargs(model_args) -> dict:
-    return dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
 
 
 def load_config(model_args):
@@ -269,18 +249,17 @@ def main(argv=None):
     model_args, data_args, gradual_args, training_args = parse_args(build_parser(), argv)
 
     setup_logging(training_args, logger)
-    data_args.eval_sparsities = eval_levels(data_args.eval_sparsities, training_args)
 
     # Checked before any data or weights are read.
-    check_gradual_pruning(gradual_args, training_args)
     resume = last_checkpoint(training_args)
     if resume is not None:
         logger.info(f"Checkpoint found at {resume}: resuming from it.")
     config = load_config(model_args)
-    check_model_fits(
-        config,
-        AutoModelForMaskedLM,
+    data_args.eval_sparsities = preflight(
         training_args,
+        gradual_args,
+        AutoModelForMaskedLM,
+        config,
         data_args.eval_sparsities,
         trust_remote_code=model_args.trust_remote_code,
     )
@@ -312,13 +291,9 @@ def main(argv=None):
         )
     train_dataset = eval_dataset = None
     if training_args.do_train:
-        train_dataset = tokenized["train"]
-        if data_args.max_train_samples is not None:
-            train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
+        train_dataset = limit(tokenized["train"], data_args.max_train_samples)
     if training_args.do_eval:
-        eval_dataset = tokenized["validation"]
-        if data_args.max_eval_samples is not None:
-            eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+        eval_dataset = limit(tokenized["validation"], data_args.max_eval_samples)
 
     pad_multiple = (
         8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
@@ -341,16 +316,7 @@ def main(argv=None):
     )
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or resume
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        save_sparsity_record(trainer, None, gradual, model_args.model_name_or_path)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        metrics.update(pruning_metrics(None, gradual))
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, train_dataset, None, model_args.model_name_or_path, gradual, resume=resume)
 
     if training_args.do_eval:
         # A fixed masking seed: every level is scored on the same masked tokens, those cram-hf sweep scores on.
@@ -380,11 +346,11 @@ def main(argv=None):
                 evaluate,
                 model,
                 levels,
-                scope=training_args.cram_scope,
-                targets=training_args.cram_targets,
                 output_dir=training_args.output_dir,
                 dense_metrics=dense,
-                **data_args.pruning_method(tokenizer, max_seq_length),
+                **data_args.one_shot_pruning(
+                    tokenizer, max_seq_length, training_args.cram_targets, training_args.cram_scope
+                ),
             )
 
     if training_args.push_to_hub:

@@ -38,68 +38,32 @@ from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    default_data_collator,
     set_seed,
 )
 
-from cram_hf.arguments import UsageError, run_recipe, setup_logging, validated
-from cram_hf.arguments import parse_args as parse_recipe_args
-from cram_hf.checkpoint import check_model_source
+from command_line import run_recipe, setup_logging
+from cram_hf.errors import UsageError, validated
 from cram_hf.files import check_not_empty, write_json
-from cram_hf.qa import (
+from gradual_pruning import gradual_pruning_callback
+from hub_access import from_the_hub
+from one_shot_table import finetune_one_shot_table
+from preflight import load_distill_teacher, preflight_finetune
+from recipe_arguments import ModelArguments, check_sample_limits, parse_finetune_args
+from recipe_data import limit, padding_collator, window_length
+from train_and_save import setup_keep_sparsity, train_and_save
+from trainer_qa import QuestionAnsweringTrainer
+from utils_qa import (
     ANSWERS,
     CONTEXT,
     QUESTION,
-    QuestionAnsweringTrainer,
     check_fast_tokenizer,
     load_squad_file,
     postprocess_qa_predictions,
     prepare_train_features,
     prepare_validation_features,
 )
-from cram_hf.recipe_support import (
-    FinetuneConfig,
-    GradualPruningArguments,
-    SparseTransferArguments,
-    check_gradual_pruning,
-    check_model_fits,
-    check_model_path,
-    check_sample_limits,
-    eval_levels,
-    evaluate_sparsities,
-    from_the_hub,
-    gradual_pruning_callback,
-    load_distill_teacher,
-    setup_keep_sparsity,
-    train_and_save,
-)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    """Which model/config/tokenizer to fine-tune from."""
-
-    model_name_or_path: str = field(
-        metadata={"help": "Path or Hub id of the (possibly sparse) pretrained model."}
-    )
-    config_name: Optional[str] = field(
-        default=None, metadata={"help": "Config name or path, if not the model's."}
-    )
-    tokenizer_name: Optional[str] = field(
-        default=None, metadata={"help": "Tokenizer name or path, if not the model's."}
-    )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads."})
-    model_revision: str = field(default="main", metadata={"help": "Model version (branch, tag or commit)."})
-    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
-
-    def __post_init__(self):
-        check_model_source(self.model_name_or_path, "model_name_or_path")
-        check_model_path(self.model_name_or_path)
 
 
 @dataclass
@@ -181,40 +145,15 @@ class DataTrainingArguments:
 
 def parse_args(argv=None):
     """Flags, or a YAML/JSON config file (same names) optionally followed by flags that override it."""
-    parser = HfArgumentParser(
-        (
-            ModelArguments,
-            DataTrainingArguments,
-            SparseTransferArguments,
-            GradualPruningArguments,
-            FinetuneConfig,
-        )
-    )
-    return parse_recipe_args(parser, argv)
+    return parse_finetune_args(ModelArguments, DataTrainingArguments, argv)
 
 
 def main(argv=None):
     model_args, data_args, sparse_args, gradual_args, training_args = parse_args(argv)
 
     setup_logging(training_args, logger)
-    sparse_args.eval_sparsities = eval_levels(sparse_args.eval_sparsities, training_args)
-
-    if sparse_args.eval_sparsities and not training_args.do_eval:
-        raise UsageError("eval_sparsities: one-shot results need an evaluation set; add --do_eval.")
-    check_gradual_pruning(gradual_args, training_args, sparse_args)
-    common = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    check_model_fits(
-        model_args.config_name or model_args.model_name_or_path,
-        AutoModelForQuestionAnswering,
-        training_args,
-        sparse_args.eval_sparsities,
-        kept_zeros_of=None if sparse_args.keep_sparsity is False else model_args.model_name_or_path,
-        **common,
+    common = preflight_finetune(
+        model_args, sparse_args, gradual_args, training_args, AutoModelForQuestionAnswering
     )
     teacher = load_distill_teacher(
         training_args,
@@ -265,12 +204,7 @@ def main(argv=None):
         model_args.tokenizer_name or model_args.model_name_or_path, **common
     )
     validated(check_fast_tokenizer, tokenizer)
-    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
-    if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(
-            f"max_seq_length {data_args.max_seq_length} > the model's maximum "
-            f"{tokenizer.model_max_length}; using {max_seq_length}."
-        )
+    max_seq_length = window_length(data_args.max_seq_length, tokenizer, logger)
     if data_args.doc_stride >= max_seq_length:
         raise UsageError(
             f"doc_stride ({data_args.doc_stride}) must be smaller than the window ({max_seq_length})."
@@ -294,9 +228,6 @@ def main(argv=None):
         doc_stride=data_args.doc_stride,
         pad_to_max_length=data_args.pad_to_max_length,
     )
-
-    def limit(dataset, n):
-        return dataset.select(range(min(len(dataset), n))) if n is not None else dataset
 
     def featurize(examples, prepare, desc):
         with training_args.main_process_first(desc=desc):
@@ -323,13 +254,6 @@ def main(argv=None):
         predict_examples = limit(raw_datasets["test"], data_args.max_predict_samples)
         predict_dataset = featurize(predict_examples, prepare_validation_features, "Prediction windows")
 
-    if data_args.pad_to_max_length:
-        data_collator = default_data_collator
-    else:
-        data_collator = DataCollatorWithPadding(
-            tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None
-        )
-
     post_process = functools.partial(
         postprocess_qa_predictions,
         version_2_with_negative=data_args.version_2_with_negative,
@@ -344,7 +268,7 @@ def main(argv=None):
         eval_dataset=eval_dataset,
         eval_examples=eval_examples,
         processing_class=tokenizer,
-        data_collator=data_collator,
+        data_collator=padding_collator(tokenizer, data_args.pad_to_max_length, training_args.fp16),
         post_process=post_process,
         version_2_with_negative=data_args.version_2_with_negative,
         callbacks=[c for c in (keep_sparsity, gradual) if c is not None] or None,
@@ -372,16 +296,8 @@ def main(argv=None):
         trainer.save_metrics("eval", metrics)
         if sparse_args.eval_sparsities:
             logger.info("*** One-shot pruning: %s ***", " ".join(sparse_args.eval_sparsities))
-            evaluate_sparsities(
-                trainer.evaluate,
-                trainer.model,
-                sparse_args.eval_sparsities,
-                scope=sparse_args.eval_sparsity_scope,
-                targets=training_args.cram_targets,
-                output_dir=training_args.output_dir,
-                dense_metrics=metrics,
-                write=trainer.is_world_process_zero(),
-                **sparse_args.pruning_method(tokenizer, max_seq_length),
+            finetune_one_shot_table(
+                trainer.evaluate, trainer, sparse_args, training_args, tokenizer, max_seq_length, metrics
             )
 
     if training_args.do_predict:

@@ -1,4 +1,9 @@
 import os
+import sys
+
+# The recipes import their helper modules as siblings, as `python recipes/run_x.py` finds them (the script's
+# folder on sys.path); the tests load the scripts and import those modules the same way.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -94,7 +99,7 @@ def exit_worker() -> None:
     """
     import sys
 
-    from cram_hf.arguments import leave_process_group
+    from cram_hf.distributed import leave_process_group
 
     leave_process_group()
     sys.stdout.flush()

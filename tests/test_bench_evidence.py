@@ -7,6 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import bench_common as bc  # noqa: E402
 import bench_evidence as ev  # noqa: E402
 
 LEVELS = ["0.7", "2:4"]
@@ -105,14 +106,14 @@ def fake_result():
 
 
 def test_spread_is_mean_sample_std_min_max():
-    s = ev.spread([0.9, 0.8, 0.7])
+    s = bc.spread([0.9, 0.8, 0.7])
     assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1)
     assert (s["min"], s["max"], s["n"]) == (0.7, 0.9, 3)
-    assert ev.spread([0.5])["std"] == 0.0
+    assert bc.spread([0.5])["std"] == 0.0
 
 
 def test_aggregate_over_seeds_per_experiment_model_pruner_level():
-    agg = ev.aggregate(fake_result())
+    agg = bc.aggregate(fake_result())
     down = agg["downstream"]
     assert down["cram"]["oneshot"]["magnitude/global"]["0.7"]["accuracy"]["mean"] == pytest.approx(0.8)
     assert down["adamw"]["oneshot"]["magnitude/global"]["0.7"]["accuracy"]["min"] == pytest.approx(0.4)
@@ -128,17 +129,17 @@ def test_aggregate_over_seeds_per_experiment_model_pruner_level():
 
 
 def test_best_pruner_is_chosen_per_model_and_level():
-    down = ev.aggregate(fake_result())["downstream"]
-    assert ev.best_pruner(down["adamw"], "0.7") == "sparsegpt/layer"
-    assert ev.best_pruner(down["adamw"], "2:4") == "magnitude/global"
-    assert ev.best_pruner(down["cram"], "2:4") == "sparsegpt/layer"
+    down = bc.aggregate(fake_result())["downstream"]
+    assert bc.best_pruner(down["adamw"], "0.7") == "sparsegpt/layer"
+    assert bc.best_pruner(down["adamw"], "2:4") == "magnitude/global"
+    assert bc.best_pruner(down["cram"], "2:4") == "sparsegpt/layer"
 
 
 def test_differences_are_paired_seed_by_seed_between_the_best_pruners():
     # Best at 70 %: SparseGPT for both. Seed by seed 0.10, 0.03, 0.11 — not the difference of the spreads.
-    diffs = ev.paired_differences(fake_result(), "downstream", "0.7", "accuracy")
+    diffs = bc.paired_differences(fake_result(), "downstream", "0.7", "accuracy")
     assert diffs == pytest.approx([0.10, 0.03, 0.11])
-    fixed = ev.paired_differences(fake_result(), "downstream", "0.7", "accuracy", ("magnitude/global",) * 2)
+    fixed = bc.paired_differences(fake_result(), "downstream", "0.7", "accuracy", ("magnitude/global",) * 2)
     assert fixed == pytest.approx([0.4, 0.2, 0.3])
 
 

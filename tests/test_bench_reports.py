@@ -364,11 +364,12 @@ def test_levers_runs_of_separate_processes_are_reported_together_when_their_sett
 
 
 def test_levers_and_distillation_share_the_evidence_settings_and_can_override_them():
+    import bench_common as bc
     import bench_evidence as ev
 
     bl = __import__("bench_levers")
     evidence = ev.parse_args([])
-    shared = ("seeds", "calibration_samples", *ev.TRAINING_OPTIONS)
+    shared = ("seeds", "calibration_samples", *bc.TRAINING_OPTIONS)
     for module in (bl, bd):
         args = module.parse_args([])
         assert {n: getattr(args, n) for n in shared} == {n: getattr(evidence, n) for n in shared}

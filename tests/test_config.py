@@ -1,3 +1,7 @@
+import dataclasses
+import json
+import re
+
 import pytest
 import torch
 from transformers import BertForMaskedLM, TrainingArguments
@@ -71,3 +75,35 @@ def test_bert_base_default_target_count():
     params = dict(model.named_parameters())
     assert len(names) == 72
     assert sum(params[n].numel() for n in names) == 84_934_656
+
+
+def own_fields():
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return [f for f in dataclasses.fields(CrAMConfig) if f.name not in inherited]
+
+
+def documented_sections() -> dict:
+    """``{field: (heading, first line of its entry)}`` from ``CrAMConfig``'s ``Parameters:`` (``> Heading`` lines)."""
+    sections, heading = {}, None
+    for line in CrAMConfig.__doc__.splitlines():
+        entry = re.match(r"^\s*> (.*)$", line) or re.match(r"^\s*(\w+) \(`", line)
+        if entry and line.lstrip().startswith(">"):
+            heading = entry.group(1)
+        elif entry:
+            sections[entry.group(1)] = (heading, line)
+    return sections
+
+
+def test_every_field_has_help_and_is_documented_with_its_default():
+    sections = documented_sections()
+    for f in own_fields():
+        assert f.metadata.get("help"), f"{f.name}: no help="
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = json.dumps(default) if isinstance(default, (str, list)) else str(default)
+        assert f"defaults to `{shown}`" in sections[f.name][1], f.name
+
+
+def test_the_distillation_fields_are_one_group():
+    distill = {name: heading for name, (heading, _) in documented_sections().items() if "distill" in name}
+    assert set(distill) == {f.name for f in own_fields() if f.name.startswith("distill_")}
+    assert {heading.split(" (")[0] for heading in distill.values()} == {"Distillation"}

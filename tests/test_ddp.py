@@ -47,7 +47,7 @@ def test_a_finished_recipe_frees_its_trainer_before_it_leaves_the_process_group(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from cram_hf.arguments import run_recipe
+    from command_line import run_recipe
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     gc.disable()  # only run_recipe's own collection may free the cycle

@@ -33,9 +33,10 @@ from transformers import (
 )
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
-from cram_hf import CrAMConfig, CrAMTrainer, CrAMTrainerForMaskedLM, KeepSparsityCallback
+from cram_hf import CrAMConfig, CrAMTrainer, CrAMTrainerForMaskedLM, Distiller, KeepSparsityCallback
+from cram_hf.checkpoint import check_model_source
 from cram_hf.diagnostics import HostReadCounter
-from cram_hf.distillation import distillation_logits, distillation_loss
+from cram_hf.distillation import check_distill_fields, distillation_logits, distillation_loss
 
 # The other recipe tests' fixtures, shared rather than copied: the pruned tiny model, the MLM set-up, the mirror.
 sparse_model = test_recipes_transfer.sparse_model
@@ -91,6 +92,101 @@ def test_token_level_kd_uses_only_positions_that_carry_a_label():
         distillation_logits({"logits": q}, nothing),
     )
     assert distillation_loss(student, teacher, 2.0) == 0
+
+
+def softmax(row, t):
+    exps = [math.exp(v / t) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+@pytest.mark.parametrize("hardness", [1.0, 0.25])
+def test_the_distiller_loss_and_its_gradient_are_the_formula_written_out(hardness):
+    # L = h·KD + (1-h)·task; dKD/dz_s = T·(p_s − p_t) / rows (the T² of KD times the 1/T of the softened softmax).
+    t, task = 2.0, torch.tensor(1.5)
+    student = torch.tensor(STUDENT, requires_grad=True)
+    distiller = Distiller(torch.nn.Linear(1, 1), temperature=t, hardness=hardness)
+    loss = distiller.loss(task, (student,), (torch.tensor(TEACHER),))
+    assert loss.item() == pytest.approx(hardness * explicit_kd(STUDENT, TEACHER, t) + (1 - hardness) * 1.5)
+    loss.backward()
+    expected = [
+        [hardness * t * (ps - pt) / len(STUDENT) for ps, pt in zip(softmax(s, t), softmax(q, t))]
+        for s, q in zip(STUDENT, TEACHER)
+    ]
+    torch.testing.assert_close(student.grad, torch.tensor(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_the_distiller_weights_kd_by_one_over_k_only_when_the_task_loss_is_already_a_share():
+    # The step divides the loss by K unless the task loss is already this micro-batch's share of the batch:
+    # then KD, a per-micro-batch mean, is divided here, so it weighs 1/K in the step either way.
+    kd = explicit_kd(STUDENT, TEACHER, 2.0)
+    rows = (torch.tensor(STUDENT),), (torch.tensor(TEACHER),)
+    distiller = Distiller(torch.nn.Linear(1, 1), temperature=2.0, hardness=0.5)
+    plain = distiller.loss(torch.tensor(1.0), *rows, accumulation_steps=4, task_scaled=False)
+    shared = distiller.loss(torch.tensor(1.0), *rows, accumulation_steps=4, task_scaled=True)
+    assert plain.item() == pytest.approx(0.5 * kd + 0.5)
+    assert shared.item() == pytest.approx(0.5 * kd / 4 + 0.5)
+
+
+class Counting(torch.nn.Module):
+    """A teacher that counts its forwards and returns fixed logits on the device and dtype of its weight."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.logits, self.calls = logits, 0
+
+    def forward(self, input_ids):
+        self.calls += 1
+        return SequenceClassifierOutput(logits=self.logits.to(self.weight) * self.weight)
+
+
+def test_the_distiller_runs_the_teacher_once_per_shared_micro_batch_and_logs_the_first_loss_only():
+    teacher = Counting(torch.tensor(TEACHER)).double().train()
+    distiller = Distiller(teacher, temperature=2.0, hardness=0.5)
+    student = torch.nn.Linear(2, 2)  # float32 on the CPU: the teacher follows it
+    inputs = {"input_ids": torch.zeros(3, 2, dtype=torch.long), "labels": torch.tensor([0, 1, 2])}
+    s = (torch.tensor(STUDENT),)
+    assert not teacher.training and not teacher.weight.requires_grad  # frozen at construction
+    with distiller.sharing_teacher(inputs, student):
+        first = distiller.loss(
+            torch.tensor(1.0), s, distiller.teacher_rows(inputs, student), accumulation_steps=2
+        )
+        second = distiller.loss(
+            torch.tensor(9.0), s, distiller.teacher_rows(inputs, student), accumulation_steps=2
+        )
+    assert teacher.calls == 1 and distiller.shared is None
+    assert teacher.weight.dtype == torch.float32
+    assert first.item() == pytest.approx(0.5 * explicit_kd(STUDENT, TEACHER, 2.0) + 0.5, rel=1e-6)
+    assert second.item() != first.item()
+    distiller.loss(torch.tensor(5.0), s, distiller.teacher_rows(inputs, student))  # outside: not recorded
+    assert teacher.calls == 2
+    with pytest.raises(RuntimeError), distiller.sharing_teacher(inputs, student):
+        raise RuntimeError("out of memory")  # nothing left shared
+    assert distiller.shared is None
+    # The micro-batch weight 1/K cancels in the mean: the first loss's own terms, whatever was said outside.
+    logs = distiller.pop_logs()
+    assert logs == {"distill_loss": round(explicit_kd(STUDENT, TEACHER, 2.0), 4), "task_loss": 1.0}
+    assert distiller.pop_logs() == {}
+
+
+def test_check_distill_fields_canonicalises_numbers_and_local_teacher_folders(tmp_path, monkeypatch):
+    make_model(1).save_pretrained(tmp_path / "teacher")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert check_distill_fields("~/teacher", "5.5", 1, check_model_source) == (
+        str(tmp_path / "teacher"),
+        5.5,
+        1.0,
+    )
+    assert check_distill_fields("org/teacher", 2, 0.5, check_model_source) == ("org/teacher", 2.0, 0.5)
+    assert check_distill_fields(None, 2.0, 1.0, check_model_source) == (None, 2.0, 1.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ValueError, match=r"^distill_teacher \(--distill_teacher_model_name_or_path\): .*config"
+    ):
+        check_distill_fields(str(tmp_path / "empty"), 2.0, 1.0, check_model_source)
+    with pytest.raises(ValueError, match="^distill_hardness"):
+        check_distill_fields(None, 2.0, True, check_model_source)
+    assert off(tmp_path, distill_teacher="~/teacher").distill_teacher == str(tmp_path / "teacher")
 
 
 class HandMade(torch.nn.Module):
@@ -278,7 +374,7 @@ def test_the_teacher_runs_once_per_micro_batch_and_both_cram_passes_reuse_it(tmp
     trainer.train()
     assert trainer.cram.active
     assert calls == {"teacher": 2 * accumulation, "student": 2 * 2 * accumulation}
-    assert trainer._teacher_logits is None  # nothing kept between steps
+    assert trainer.distiller.shared is None  # nothing kept between steps
 
 
 def test_the_mask_stays_exact_through_kd_fine_tuning_with_keep_sparsity(tmp_path):

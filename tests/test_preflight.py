@@ -362,6 +362,20 @@ def test_recipe_cram_targets_matching_nothing_fail_before_data_and_folder(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_one_shot_levels_without_an_evaluation_set_fail_before_data_and_folder(
+    name, data, tmp_path, no_data_loads
+):
+    # One preflight for the three recipes: run_mlm_cram.py used to train and then print no table.
+    out = tmp_path / "out"
+    recipe = {"run_mlm_cram": run_mlm, "run_glue": run_glue, "run_qa": run_qa}[name]
+    with pytest.raises(
+        ValueError, match="eval_sparsities: one-shot results need an evaluation set; add --do_eval"
+    ):
+        recipe.main(recipe_args(name, data, out, "--eval_sparsities", "0.5"))
+    assert not out.exists()
+
+
 # --- 6. model paths that are neither a folder nor a Hub id ------------------------------------------------
 
 
@@ -475,7 +489,7 @@ def test_a_broken_config_file_is_one_line_naming_file_line_and_column(data, tmp_
 def test_a_hub_name_in_offline_mode_is_one_line_saying_so(
     data, tmp_path, monkeypatch, name, change, flag, instead
 ):
-    from cram_hf.arguments import UsageError
+    from cram_hf.errors import UsageError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -592,9 +606,35 @@ def test_a_sample_limit_of_zero_is_refused_while_parsing(data, tmp_path, name, f
     parse(name, recipe_args(name, data, out, flag, "1"))
 
 
+@pytest.mark.parametrize(
+    "name, flags, message",
+    [
+        (name, flags, message)
+        for name in RECIPES
+        for flags, message in (
+            (["--eval_pruning_method", "wanda"], r"^eval_calibration_file: eval_pruning_method wanda needs"),
+            (["--eval_num_calibration_samples", "0"], r"^eval_num_calibration_samples: must be a positive"),
+        )
+    ]
+    + [
+        (
+            name,
+            ["--eval_sparsity_scope", "row"],
+            r"^eval_sparsity_scope: must be one of \('global', 'layer'\)",
+        )
+        for name in ("run_glue", "run_qa")  # run_mlm_cram ranks its table by --cram_scope
+    ],
+)
+def test_the_one_shot_tables_pruning_spec_is_checked_while_parsing(data, tmp_path, name, flags, message):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        parse(name, recipe_args(name, data, out, *flags))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_the_one_shot_table_defaults_to_the_runs_cram_levels_in_every_recipe(data, tmp_path, name):
-    from cram_hf.recipe_support import eval_levels
+    from preflight import eval_levels
 
     def levels(*flags):
         parsed = parse(name, recipe_args(name, data, tmp_path / "out", *flags))
@@ -634,7 +674,7 @@ def test_keep_sparsity_works_as_a_bare_flag(name, flags, expected, data, tmp_pat
 
 def test_a_model_that_cannot_be_built_on_the_meta_device_skips_the_early_check(data, tmp_path):
     from cram_hf.checkpoint import meta_model
-    from cram_hf.recipe_support import check_model_fits
+    from preflight import check_model_fits
 
     class ReadsValuesInInit:
         @classmethod
@@ -653,7 +693,7 @@ def test_a_checkpoint_from_before_a_setting_existed_compares_as_that_settings_de
     defaults, so a run with the defaults resumes it and one with other values is refused."""
     from types import SimpleNamespace
 
-    from cram_hf.recipe_support import CRAM_SETTINGS, _changed_cram_settings
+    from preflight import CRAM_SETTINGS, _changed_cram_settings
 
     current = CrAMConfig(output_dir=str(tmp_path / "o"), cram_rho=0.05, cram_sparsities=["0.5"])
     older = SimpleNamespace(

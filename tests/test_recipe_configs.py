@@ -47,7 +47,7 @@ def load_recipe(script: str):
 
 
 def _parse_mlm(config_path):
-    from cram_hf.arguments import parse_args
+    from command_line import parse_args
 
     recipe = load_recipe("recipes/run_mlm_cram.py")
     model_args, data_args, gradual_args, training_args = parse_args(recipe.build_parser(), [config_path])

@@ -15,12 +15,12 @@ from transformers import (
 )
 
 from cram_hf import GradualPruningCallback, load_sparse
-from cram_hf.arguments import UsageError
 from cram_hf.checkpoint import read_sparsity_config
+from cram_hf.errors import UsageError
 from cram_hf.hub import model_card
-from cram_hf.recipe_support import gradual_end_step, gradual_pruning_callback
 from cram_hf.sparse_finetune import keep_sparsity_callback
 from cram_hf.targets import target_names
+from gradual_pruning import gradual_end_step, gradual_pruning_callback
 
 # The fixtures of the other recipe tests: their tiny models and data files (shared, not copied).
 data, no_data_loads = test_preflight.data, test_preflight.no_data_loads

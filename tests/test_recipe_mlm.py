@@ -172,6 +172,8 @@ def test_the_one_shot_table_with_a_calibrated_pruner(setup):
 
 def test_a_calibrated_table_without_calibration_text_is_refused_while_parsing(setup):
     recipe = load_recipe()
-    with pytest.raises(ValueError, match="eval_calibration_file: --eval_pruning_method wanda needs"):
+    with pytest.raises(
+        ValueError, match="eval_calibration_file: eval_pruning_method wanda needs calibration data"
+    ):
         recipe.main(base_args(setup) + ["--eval_pruning_method", "wanda"])
     assert not (setup / "out").exists()

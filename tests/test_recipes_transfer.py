@@ -18,10 +18,11 @@ from transformers import (
     ByT5Tokenizer,
 )
 
+import task_metrics as T
 from cram_hf import metrics as M
 from cram_hf.pruning import prune
-from cram_hf.qa import postprocess_qa_predictions, prepare_train_features, read_squad_records
 from cram_hf.targets import target_names
+from utils_qa import postprocess_qa_predictions, prepare_train_features, read_squad_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,8 +234,8 @@ def test_glue_json_config_regression_plain_finetune_keep_sparsity_off(sparse_mod
 def test_finetune_config_turns_cram_on_only_when_asked(tmp_path, flags, rho, levels):
     from transformers import HfArgumentParser
 
-    from cram_hf.arguments import parse_args
-    from cram_hf.recipe_support import FinetuneConfig
+    from command_line import parse_args
+    from recipe_arguments import FinetuneConfig
 
     (config,) = parse_args(HfArgumentParser(FinetuneConfig), ["--output_dir", str(tmp_path), *flags])
     assert (config.cram_rho, config.cram_sparsities, config.cram_enabled) == (
@@ -451,7 +452,7 @@ def test_qa_v1_end_to_end_keeps_sparsity(sparse_model, tmp_path):
     assert set(predictions) == {e["id"] for e in dev}
     for e in dev:  # every answer is a span of its context, at most 4 tokens (= words here)
         assert predictions[e["id"]] in e["context"] and 1 <= len(predictions[e["id"]].split()) <= 4
-    expected = M.squad_metrics(predictions, {e["id"]: e["answers"] for e in dev})
+    expected = T.squad_metrics(predictions, {e["id"]: e["answers"] for e in dev})
     assert results["eval_exact_match"] == pytest.approx(expected["exact_match"])
     assert results["eval_f1"] == pytest.approx(expected["f1"])
     table = json.loads((out / "eval_sparsities.json").read_text())
@@ -546,7 +547,7 @@ def test_train_features_point_at_the_answer(tmp_path):
         found += 1
         text = tok.decode(ids[s : e + 1])
         assert any(
-            M.normalize_answer(text) == M.normalize_answer(ex["answers"]["text"][0])
+            T.normalize_answer(text) == T.normalize_answer(ex["answers"]["text"][0])
             for ex in examples
             if ex["answers"]["text"]
         )

@@ -16,7 +16,7 @@ Writes ``bbc_transfer.json``, ``bbc_transfer.md`` (table) and ``bbc_transfer.png
 2:4 apart) to ``--output_dir``. Runs on 2 CPU threads in about 20 minutes with the defaults;
 ``--quick`` is a 1-minute smoke run on a subset.
 
-    python benchmarks/bench_bbc_transfer.py --output_dir benchmarks/results
+    python benchmarks/archive/bench_bbc_transfer.py --output_dir benchmarks/archive/results/bbc_transfer
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--output_dir", default="benchmarks/results")
+    p.add_argument("--output_dir", default="benchmarks/archive/results/bbc_transfer")
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--train_steps", type=int, default=240, help="Optimizer steps of (a) and (c).")

@@ -4,7 +4,7 @@ evidence benchmark's downstream setting), then pruned one-shot with magnitude, W
 a uniform per-matrix sparsity (``scope="layer"``) and with the global magnitude allocation (``"global"``);
 test accuracy per level. Calibration: training articles, not the test set.
 
-    python benchmarks/bench_calibrated.py --output_dir benchmarks/results/calibrated   # ~10 min on 2 cores
+    python benchmarks/archive/bench_calibrated.py --output_dir benchmarks/archive/results/calibrated   # ~10 min on 2 cores
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output_dir", default="benchmarks/results/calibrated")
+    p.add_argument("--output_dir", default="benchmarks/archive/results/calibrated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_steps", type=int, default=100)
     p.add_argument("--learning_rate", type=float, default=3e-4)

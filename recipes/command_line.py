@@ -1,5 +1,6 @@
-"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file plus flag overrides, how
-their user errors reach the terminal (one line, no traceback), and how a finished distributed run ends."""
+"""A recipe's command line: flags, or a YAML/JSON config file plus flag overrides; the examples' logging;
+and ``run_recipe``, its ``__main__``: user errors as one line (no traceback), the process group left once a
+distributed run is done."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Callable, Optional, Sequence
 import yaml
 from transformers import HfArgumentParser
 
-from .compression import NONE
-from .errors import UsageError, validated  # noqa: F401 - the recipes' interface
+from cram_hf.compression import NONE
+from cram_hf.distributed import leave_process_group
+from cram_hf.errors import UsageError, validated
 
 
 def run_recipe(main: Callable) -> None:
@@ -24,24 +26,6 @@ def run_recipe(main: Callable) -> None:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(2)
     leave_process_group()
-
-
-def leave_process_group() -> None:
-    """Take down the default process group, if there is one, once every rank is done.
-
-    ``main()`` has returned, so its trainer is garbage; collecting it frees the DDP wrapper that holds the group
-    before the group is destroyed. Left to interpreter shutdown instead, a gloo group can abort a rank whose
-    work is complete (SIGABRT, "terminate called without an active exception") and fail the launch.
-    """
-    import gc
-
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _config_to_flags(config: dict, path: str) -> list[str]:
