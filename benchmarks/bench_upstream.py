@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_bbc_transfer.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_common.py
 
 import argparse
 import glob
@@ -56,20 +56,31 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-import bench_evidence as ev
 import torch
 import upstream_corpus
-from bench_bbc_transfer import (
+from bench_common import (
+    PRUNER_NAMES,
+    SCOPE_NAMES,
+    StepClock,
     bbc_folder,
+    cell,
     encode,
     evaluate,
+    level_axis,
     load_bbc,
     log,
+    padded_batches,
+    prune_all,
+    pruner_name,
+    pruner_spec,
+    save_figure,
     save_report,
+    setup_offline_minilm,
     sparse_finetune,
+    split_levels,
+    spread,
     train,
 )
-from bench_schedules import StepClock
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -79,7 +90,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from cram_hf.compression import parse_level
+from cram_hf.compression import parse_levels
 from cram_hf.files import write_json
 from cram_hf.gradual import GradualPruningCallback
 from cram_hf.mlm import CrAMTrainerForMaskedLM, evaluate_mlm
@@ -266,15 +277,14 @@ def parse_args(argv=None):
             p.error(f"--preset {pre.preset}: unknown options {sorted(unknown)}")
         p.set_defaults(**preset)
     args = p.parse_args(argv)
-    for v in args.levels + args.transfer_levels + args.baseline_levels + args.cram_sparsities:
-        parse_level(v, "level")
+    parse_levels(args.levels + args.transfer_levels + args.baseline_levels + args.cram_sparsities, "level")
     try:
         kd_variants(vars(args))
     except ValueError as err:
         p.error(f"--kd_check: {err}")
     for pruner in args.pruners + [args.transfer_pruner]:
         method, _, scope = pruner.partition("/")
-        if method not in ev.PRUNER_NAMES or scope not in ev.SCOPE_NAMES:
+        if method not in PRUNER_NAMES or scope not in SCOPE_NAMES:
             p.error(f"pruner: method/scope with method in magnitude, wanda, sparsegpt, got {pruner}")
     if args.quick:  # tiny steps and data; an option given on the command line keeps its value
         for name, value in QUICK.items():
@@ -340,7 +350,7 @@ def arm_steps(cfg: dict, arm: str) -> int:
 
 
 def gradual_levels(levels) -> list[str]:
-    return [lv for lv in levels if not isinstance(parse_level(lv), tuple)]
+    return split_levels(levels)[0]
 
 
 def baseline_levels(cfg: dict, kind: str) -> list[str]:
@@ -448,7 +458,7 @@ class UpstreamData:
         blocks = [
             {"input_ids": r["input_ids"]} for r in self.mlm_train.select(range(args.calibration_samples))
         ]
-        self.mlm_calibration = ev.padded_batches(collate, blocks)
+        self.mlm_calibration = padded_batches(collate, blocks)
         self.sizes = {
             "train_blocks": len(self.mlm_train),
             "eval_blocks": len(self.mlm_eval),
@@ -482,8 +492,8 @@ class UpstreamData:
             name=name,
             num_labels=num_labels,
             train=train_set,
-            batches=ev.padded_batches(collate, test_set, 64),
-            calibration=ev.padded_batches(collate, unlabelled),
+            batches=padded_batches(collate, test_set, 64),
+            calibration=padded_batches(collate, unlabelled),
             sizes={"train": len(train_set), "test": len(test_set)},
         )
 
@@ -657,7 +667,8 @@ class Pipeline:
 
     def start_model(self):
         """The shared start: the trained head, then (``--start_steps`` > 0) the whole model trained dense with
-        AdamW that many steps; saved in ``--models_dir`` and trained again, deterministically, when lost."""
+        AdamW that many steps; saved in ``--models_dir`` and trained again, deterministically, when lost.
+        None when ``--max_minutes`` stopped the warm-up (a later run goes on from its checkpoint)."""
         if not self.args.start_steps:
             return self.head_model()
         folder = os.path.join(self.args.models_dir, "start")
@@ -665,17 +676,21 @@ class Pipeline:
             return self.to_device(AutoModelForMaskedLM.from_pretrained(folder))
         model = self.head_model()
         log(f"(a) start: the whole model, dense, {self.args.start_steps} steps (AdamW)")
-        timing = self.train_mlm(
+        timing = self.train_checkpointed(
             model,
+            "start",
             seed=self.args.start_seed,
-            name="start-warmup",
             steps=self.args.start_steps,
             lr=self.args.start_learning_rate,
             cram=False,
+            redo=self.args.redo and "start" in self.args.stages,
         )
+        if timing is None:
+            return None
         dense = self.mlm_score(model)
         model.save_pretrained(folder)
         self.data.tokenizer.save_pretrained(folder)
+        shutil.rmtree(self.checkpoints_dir("start"), ignore_errors=True)
         earlier = self.rows.get("start", "warmup")
         if earlier is None or (self.args.redo and "start" in self.args.stages):
             self.rows.put("start", "warmup", {"dense": dense, **timing})
@@ -685,6 +700,49 @@ class Pipeline:
             )
         log(f"(a) start: masked-token accuracy {dense['accuracy']:.4f}")
         return model
+
+    def checkpoints_dir(self, key: str) -> str:
+        return os.path.join(self.args.models_dir, f"ckpt-{key}")
+
+    def train_checkpointed(self, model, key, *, seed, steps, lr, cram, cram_options=None, redo=False):
+        """``train_mlm`` with a checkpoint every ``--save_every`` steps in ``--models_dir/ckpt-<key>``, going on
+        from the last one: the timing summed over the parts, or None when ``--max_minutes`` stopped it (with a
+        checkpoint at the stop; the caller removes the checkpoints once the model is saved). ``redo``: start over."""
+        ckpt = self.checkpoints_dir(key)
+        if redo:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        last = get_last_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+        if last:
+            log(f"    {key}: going on from {last}")
+        deadline = Deadline(self.deadline)
+        timing = self.train_mlm(
+            model,
+            seed=seed,
+            name=key,
+            steps=steps,
+            lr=lr,
+            cram=cram,
+            cram_options=cram_options,
+            callbacks=[deadline],
+            checkpoints={
+                "output_dir": ckpt,
+                "save_strategy": "steps",
+                "save_steps": self.args.save_every,
+                "save_total_limit": 1,
+            },
+            resume=last,
+        )
+        parts_file = os.path.join(ckpt, "bench_parts.json")
+        parts = json.load(open(parts_file)) if os.path.isfile(parts_file) else []
+        parts.append({"seconds": timing["seconds"], "stopped_at": deadline.stopped})
+        if deadline.stopped is not None:
+            write_json(parts_file, parts)
+            log(
+                f"    {key}: stopped at step {deadline.stopped} of {steps} (--max_minutes); a later run goes on"
+            )
+            return None
+        seconds = sum(p["seconds"] for p in parts)
+        return {"steps": steps, "seconds": seconds, "steps_per_second": steps / seconds, "parts": len(parts)}
 
     def train_mlm(
         self,
@@ -762,53 +820,29 @@ class Pipeline:
         if done and (key in self.made or not (self.args.redo and "upstream" in self.args.stages)):
             return self.to_device(AutoModelForMaskedLM.from_pretrained(folder))
         steps = arm_steps(vars(self.args), arm)
-        # Checkpoints every --save_every steps: a run stopped by --max_minutes (or killed) goes on from the last.
-        ckpt = os.path.join(self.args.models_dir, f"ckpt-{key}")
-        if self.args.redo and "upstream" in self.args.stages and key not in self.made:
-            shutil.rmtree(ckpt, ignore_errors=True)
-        last = get_last_checkpoint(ckpt) if os.path.isdir(ckpt) else None
-        log(f"(b) seed {seed}: {ARMS[arm]}, {steps} steps" + (f", going on from {last}" if last else ""))
+        log(f"(b) seed {seed}: {ARMS[arm]}, {steps} steps")
         model = self.start_model()
+        if model is None:
+            return None
         cram = arm in ("cram", "cram_i4")
-        deadline = Deadline(self.deadline)
-        timing = self.train_mlm(
+        timing = self.train_checkpointed(
             model,
+            key,
             seed=seed,
-            name=key,
             steps=steps,
             lr=self.args.learning_rate,
             cram=cram,
             cram_options=TIMED.get(arm) if cram else None,
-            callbacks=[deadline],
-            checkpoints={
-                "output_dir": ckpt,
-                "save_strategy": "steps",
-                "save_steps": self.args.save_every,
-                "save_total_limit": 1,
-            },
-            resume=last,
+            redo=self.args.redo and "upstream" in self.args.stages and key not in self.made,
         )
-        parts_file = os.path.join(ckpt, "bench_parts.json")
-        parts = json.load(open(parts_file)) if os.path.isfile(parts_file) else []
-        parts.append({"seconds": timing["seconds"], "stopped_at": deadline.stopped})
-        if deadline.stopped is not None:
-            write_json(parts_file, parts)
-            log(
-                f"    {key}: stopped at step {deadline.stopped} of {steps} (--max_minutes); a later run goes on"
-            )
+        if timing is None:
             return None
-        timing = {
-            "steps": steps,
-            "seconds": sum(p["seconds"] for p in parts),
-            "steps_per_second": steps / sum(p["seconds"] for p in parts),
-            "parts": len(parts),
-        }
         dense = self.mlm_score(model)
         log(f"(b) seed {seed}: {ARMS[arm]}: masked-token accuracy {dense['accuracy']:.4f}")
         model.save_pretrained(folder)
         self.data.tokenizer.save_pretrained(folder)  # last: its files mean the weights are complete
         self.made.add(key)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(self.checkpoints_dir(key), ignore_errors=True)
         earlier = self.rows.get("upstream", key)
         if (
             earlier and "upstream" not in self.args.stages
@@ -833,7 +867,7 @@ class Pipeline:
 
     # (c) one-shot
     def oneshot(self, arm, seed, model):
-        r = ev.prune_all(
+        r = prune_all(
             model,
             self.args.levels,
             self.args.pruners,
@@ -891,12 +925,8 @@ class Pipeline:
         return model
 
     def pruner_options(self, pruner, calibration):
-        method, scope = pruner.split("/")
-        return {
-            "method": method,
-            "scope": scope,
-            **({} if method == "magnitude" else {"calibration": calibration}),
-        }
+        spec = pruner_spec(pruner)
+        return {"spec": spec, "calibration": calibration if spec.pruner.calibrated else None}
 
     def sparse(
         self, start, level, task, seed, *, name, teacher, pruner, calibration, steps=None, variants=None
@@ -1048,9 +1078,12 @@ class Pipeline:
         if a.redo and "start" in a.stages and os.path.isfile(self.head_file):
             os.remove(self.head_file)
         if "start" in a.stages:
-            if not self.fits("the shared start", self.start_cost()):
+            # Like an upstream run, the warm-up starts when its first checkpoint fits and goes on in a later run.
+            first = a.save_every * self.step_seconds("adamw") + 120
+            if not self.fits("the shared start", min(first, self.start_cost())):
                 return
-            self.start_model()  # trains and saves the shared start when absent
+            if self.start_model() is None:  # trains and saves the shared start when absent
+                return
         if "timing" in a.stages:
             self.timing()
         for seed in a.seeds:
@@ -1108,8 +1141,6 @@ def downstream_keys(cfg: dict, seed: int, task: str) -> list[tuple[str, str]]:
 
 
 # --- summary -------------------------------------------------------------------------------------------------
-
-spread = ev.spread
 
 
 def _spread_or_none(values):
@@ -1233,7 +1264,7 @@ def goals(s: dict, cfg: dict) -> list[dict]:
         share = cell["0.8"]["share"]["mean"]
         add(
             "CrAM+ keeps >= 90 % of dense at 80 % one-shot (best pruner)",
-            f"{share:.1%} ({ev.pruner_name(pruner)})",
+            f"{share:.1%} ({pruner_name(pruner)})",
             share >= 0.90,
         )
     else:
@@ -1282,8 +1313,6 @@ def goals(s: dict, cfg: dict) -> list[dict]:
 
 
 # --- report --------------------------------------------------------------------------------------------------
-
-cell = ev.cell
 
 
 def _c(stats, digits=3) -> str:
@@ -1345,7 +1374,7 @@ def oneshot_lines(s: dict, cfg: dict) -> list[str]:
         for pruner, cells in o["pruners"].items():
             row = [cell(cells["dense"]["accuracy"])] + [share_cell(cells[lv]) for lv in cfg["levels"]]
             lines.append(
-                f"| {ARMS[arm]} → {ev.pruner_name(pruner)} | {len(o['seeds'])} | " + " | ".join(row) + " |"
+                f"| {ARMS[arm]} → {pruner_name(pruner)} | {len(o['seeds'])} | " + " | ".join(row) + " |"
             )
     return lines
 
@@ -1404,7 +1433,7 @@ def kd_check_lines(s: dict, cfg: dict, task: str) -> list[str]:
     plain = runs.get("plain")
     lines = [
         f"KD check (seed {cfg['seeds'][0]}): AdamW upstream → {cfg['kd_check_level']} "
-        f"({ev.pruner_name(cfg['transfer_pruner'])}) → sparse FT {cfg['kd_check_steps']} steps",
+        f"({pruner_name(cfg['transfer_pruner'])}) → sparse FT {cfg['kd_check_steps']} steps",
         "",
         "| run | test accuracy | vs labels alone |",
         "|---|---|---|",
@@ -1493,7 +1522,7 @@ def markdown(result: dict) -> str:
         teacher = s["teacher"][task]
         lines += [
             f"**(d, e) Sparse transfer to {TASKS[task]}** — test accuracy after {cfg['finetune_steps']} fine-tuning "
-            f"steps; upstream pruning {ev.pruner_name(cfg['transfer_pruner'])}; KD teacher (AdamW upstream, dense FT "
+            f"steps; upstream pruning {pruner_name(cfg['transfer_pruner'])}; KD teacher (AdamW upstream, dense FT "
             f"{cfg['teacher_steps']} steps): {_c(teacher)}",
             "",
             *kd_check_lines(s, cfg, task),
@@ -1539,7 +1568,7 @@ def plot(result: dict, path: str) -> None:
     colors = dict(zip(ARMS, ("tab:blue", "tab:red", "tab:cyan", "tab:orange")))
     for ax, panel in zip(axes[0], panels):
         if panel == "oneshot":
-            x, labels = ev._level_axis(cfg["levels"])
+            x, labels = level_axis(cfg["levels"])
             levels = ["dense", *cfg["levels"]]
             for arm, o in s["oneshot"].items():
                 for pruner, cells in o["pruners"].items():
@@ -1550,7 +1579,7 @@ def plot(result: dict, path: str) -> None:
                         marker="o",
                         linestyle=style,
                         color=colors[arm],
-                        label=f"{ARMS[arm]} → {ev.pruner_name(pruner)}",
+                        label=f"{ARMS[arm]} → {pruner_name(pruner)}",
                     )
             ax.axhline(0.9, color="gray", linestyle="--", linewidth=0.8)
             ax.set_xticks([x[lv] for lv in levels])
@@ -1559,7 +1588,7 @@ def plot(result: dict, path: str) -> None:
             ax.set_title("(c) one-shot pruning of the upstream models", fontsize=10)
         else:
             levels = cfg["transfer_levels"]
-            x, labels = ev._level_axis(levels)
+            x, labels = level_axis(levels)
             for arm, cells in s["transfer"][panel].items():
                 for variant, style in (("plain", "--"), ("kd", "-")):
                     pts = [(x[lv], cells[lv][variant]["mean"]) for lv in levels if cells[lv][variant]]
@@ -1596,7 +1625,7 @@ def plot(result: dict, path: str) -> None:
         ax.legend(fontsize=6, loc="lower left")
     fig.suptitle(f"Upstream pipeline, means over the seeds present of {cfg['seeds']}", fontsize=10)
     fig.tight_layout()
-    ev._save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -1616,8 +1645,6 @@ def setup(args) -> str:
     torch.set_num_threads(args.threads)
     if args.model_name_or_path:
         return args.model_name_or_path
-    from bench_bbc_transfer import setup_offline_minilm
-
     return setup_offline_minilm(args.threads)
 
 

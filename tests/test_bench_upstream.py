@@ -297,3 +297,28 @@ def test_the_deadline_stops_a_run_with_a_checkpoint():
     assert (
         not step(finished, 10).should_save and finished.stopped is None
     )  # the last step: the run is complete
+
+
+def test_a_checkpointed_run_stopped_by_the_deadline_goes_on_and_sums_its_parts(tmp_path, monkeypatch):
+    """The shared start's warm-up and every upstream arm: stopped by --max_minutes, the next run resumes from
+    the last checkpoint and the finished run's time is the sum of its parts."""
+    argv = ARGV + ["--output_dir", str(tmp_path), "--models_dir", str(tmp_path / "m")]
+    pipeline = bu.Pipeline(bu.parse_args(argv), None, "model", str(tmp_path))
+    calls = []
+
+    def fake_train(model, *, callbacks, checkpoints, resume, **kwargs):
+        calls.append(resume)
+        if len(calls) == 1:  # the first run: stopped by the deadline at step 100, after its checkpoint
+            os.makedirs(os.path.join(checkpoints["output_dir"], "checkpoint-100"))
+            callbacks[0].stopped = 100
+        return {"seconds": 10.0 * len(calls)}
+
+    monkeypatch.setattr(pipeline, "train_mlm", fake_train)
+    options = dict(seed=0, steps=300, lr=1e-4, cram=False)
+    assert pipeline.train_checkpointed(None, "start", **options) is None
+    timing = pipeline.train_checkpointed(None, "start", **options)
+    assert calls == [None, os.path.join(pipeline.checkpoints_dir("start"), "checkpoint-100")]
+    assert timing == {"steps": 300, "seconds": 30.0, "steps_per_second": 10.0, "parts": 2}
+    assert (
+        pipeline.train_checkpointed(None, "start", redo=True, **options)["parts"] == 1
+    )  # redo: from scratch
