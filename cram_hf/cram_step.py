@@ -18,7 +18,8 @@ Use::
     optimizer.step()                                   # weights are θ again
 
 Memory: besides the model's own gradient, the step keeps one copy of the weights it changes (to restore
-them exactly) and a bool mask per target matrix while inside the compressed point. The clean gradient is
+them exactly) and a mask per target matrix, packed as bits, while inside the compressed point; the masks are
+built one matrix at a time, so no bool mask of every target exists at once. The clean gradient is
 not copied: it stays in ``.grad`` (CrAM+) or is dropped before the second pass, which adds into ``.grad``
 through hooks that apply the mask to each incoming gradient, so a DDP reducer that runs after them
 averages the rank's own ``d``.
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from .choices import SCOPES, check_choice
-from .compression import Level, check_nm_shape, compression_masks, parse_level
+from .compression import Level, check_nm_shape, compression_mask_stream, pack_mask, parse_level, unpack_mask
 from .targets import Patterns, check_trainable_targets, named_targets, unique_trainable
 
 
@@ -196,7 +197,8 @@ class CrAM:
             stats.perturbation_norm = step_size * gnorm * grad_scale
             _add_scaled(perturbed, grads, step_size)
         start = self._tick("perturb", start)
-        masks = compression_masks(target_params, stats.level, self.scope) if target_params else []
+        # The ranking over all targets happens here; each mask is built as the loop below reaches it.
+        masks = compression_mask_stream(target_params, stats.level, self.scope) if target_params else ()
         start = self._tick("rank", start)
         # Folded only now: until here a failure (say, out of memory while ranking) leaves `stash` intact.
         self._fold_clean_gradient(stash, keep=self.plus)
@@ -204,7 +206,7 @@ class CrAM:
             for p, m in zip(target_params, masks):
                 p.mul_(m)
                 if self.sparse_grad and p.requires_grad:
-                    hooks.append(p.register_hook(lambda g, m=m: g * m))
+                    hooks.append(p.register_hook(_MaskedGradient(m)))
             self._tick("mask", start)
 
     def _fold_clean_gradient(self, stash: Optional[list], keep: bool) -> None:
@@ -225,6 +227,17 @@ class CrAM:
         if stash is not None:
             for p, acc in zip(self.params, stash):
                 p.grad = acc
+
+
+class _MaskedGradient:
+    """The gradient hook ``g -> m ⊙ g`` of one target. It keeps ``m`` packed as bits, an eighth of a bool
+    mask: the masks of every target live through the whole second pass."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.shape, self.bits = mask.shape, pack_mask(mask)
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * unpack_mask(self.bits, self.shape)
 
 
 def _global_norm(tensors: list) -> torch.Tensor:

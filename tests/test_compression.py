@@ -1,13 +1,17 @@
+import numpy as np
 import pytest
 import torch
 
 from cram_hf.compression import (
+    compression_mask_stream,
     compression_masks,
     kth_smallest_abs,
     level_sparsity,
     magnitude_masks,
     nm_mask,
+    pack_mask,
     parse_level,
+    unpack_mask,
 )
 
 
@@ -114,3 +118,28 @@ def test_nm_rejects_indivisible_input_dim():
 def test_parse_level_accepts_valid_forms():
     assert parse_level("0.7") == 0.7 and parse_level(0) == 0.0 and parse_level(" 2 : 4 ") == (2, 4)
     assert parse_level((4, 8)) == (4, 8)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5), (16, 24), (2, 3, 11)])
+def test_packed_masks_hold_numpys_packbits_and_unpack_to_the_mask(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape))) < 0.4
+    packed = pack_mask(mask)
+    # numpy's packbits, little bit order, is the independent reference for the layout.
+    assert packed.tolist() == np.packbits(mask.numpy().reshape(-1), bitorder="little").tolist()
+    assert torch.equal(unpack_mask(packed, mask.shape), mask)
+
+
+@pytest.mark.parametrize(
+    "level,scope", [(0.7, "global"), (0.7, "layer"), ((2, 4), "global"), (0.0, "global")]
+)
+def test_a_mask_stream_ranks_up_front_so_masking_as_it_goes_changes_no_later_mask(level, scope):
+    """The CrAM step masks each matrix in place before it takes the next mask: the masks must be those of
+    the weights as they were when the stream was made."""
+    tensors = [rand(8, 16, seed=i) for i in range(4)]
+    expected = compression_masks([t.clone() for t in tensors], level, scope)
+    got = []
+    for t, m in zip(tensors, compression_mask_stream(tensors, level, scope)):
+        got.append(m)
+        t.mul_(m)
+        t.add_(1000.0)  # whatever happens to a matrix once its mask is out cannot move the ranking
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

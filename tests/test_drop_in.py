@@ -304,7 +304,7 @@ def test_out_of_memory_while_ranking_restores_weights_and_gradient(tiny_config, 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated while ranking)")
 
-    monkeypatch.setattr(cram_step, "compression_masks", oom)
+    monkeypatch.setattr(cram_step, "compression_mask_stream", oom)
     with pytest.raises(torch.OutOfMemoryError):
         trainer.training_step(model, stack(make_data(4, seed=1)))
     for n, p in model.named_parameters():
