@@ -115,8 +115,8 @@ BASELINES = {
     "gradual": "gradual magnitude",
 }
 VARIANTS = ("plain", "kd")
-# In the checkout's git-ignored out/ (as the quick run's models): kept with the checkout from session to session,
-# where a home folder may not be — a lost upstream model costs hours to train again.
+# In the checkout's git-ignored out/ (as the quick run's models). Not kept from one session to the next (a new
+# session gets a new checkout): a run trains each model it needs and uses it in the same session.
 MODELS_DIR = os.path.join(HERE, "..", "out", "upstream-models")
 HEAD = ("cls.predictions.transform.", "cls.predictions.bias", "cls.predictions.decoder.bias")
 
@@ -198,9 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--start_steps", type=int, default=1000, help="Then the whole model, dense (0: the head alone)."
     )
     g.add_argument("--start_learning_rate", type=float, default=3e-4)
+    g.add_argument("--start_batch_size", type=int, default=8, help="Sequences per step of the head and warm-up.")
     g = p.add_argument_group("(b) upstream arms")
     g.add_argument("--upstream_steps", type=int, default=1500)
-    g.add_argument("--batch_size", type=int, default=16)
+    g.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="Sequences per upstream step of the arms (8: AdamW and CrAM+ of one seed fit one session).",
+    )
     g.add_argument("--learning_rate", type=float, default=3e-4)
     g.add_argument("--weight_decay", type=float, default=0.01)
     g.add_argument("--cram_rho", type=float, default=0.05)
@@ -290,7 +296,7 @@ def parse_args(argv=None):
         for name, value in QUICK.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
-    if args.models_dir is None:  # outside the work tree, which a new session lays anew (the machine may stay)
+    if args.models_dir is None:  # the checkout's git-ignored out/
         args.models_dir = os.path.join("out", "upstream-models-quick") if args.quick else MODELS_DIR
     return args
 
@@ -586,10 +592,21 @@ class Pipeline:
         a = self.args
         head = 0.0 if os.path.isfile(self.head_file) else a.head_steps * a.step_seconds * 0.7 + 60
         warm = os.path.isfile(os.path.join(a.models_dir, "start", "tokenizer_config.json"))
-        return head + (0.0 if warm or not a.start_steps else a.start_steps * self.step_seconds("adamw") + 60)
+        # The warm-up's steps are start_batch_size / batch_size times an arm's AdamW step.
+        step = self.step_seconds("adamw") * a.start_batch_size / a.batch_size
+        return head + (0.0 if warm or not a.start_steps else a.start_steps * step + 60)
 
     def finetune_cost(self, steps: int, runs: float = 1.0) -> float:
         return runs * (steps * self.args.step_seconds * 1.15 + 60)  # KD adds the teacher's forward
+
+    def needed(self, key: str, whole: float) -> float:
+        """The time a checkpointed run must fit to be started: all of it (``whole`` seconds), as its checkpoints
+        may not outlive the session; only its first checkpoint's when a checkpoint of it is already here (the
+        same machine, ``--max_minutes`` stopped it), which ``--max_minutes`` stops it at again."""
+        if get_last_checkpoint(self.checkpoints_dir(key)) if os.path.isdir(self.checkpoints_dir(key)) else None:
+            arm = key.partition("-s")[0] if key != "start" else "adamw"
+            return min(whole, self.args.save_every * self.step_seconds(arm) + 120)
+        return whole
 
     def todo(self, stage, key) -> bool:
         return (self.args.redo or self.rows.get(stage, key) is None) and stage in self.args.stages
@@ -637,6 +654,7 @@ class Pipeline:
             steps=self.args.head_steps,
             lr=self.args.head_learning_rate,
             cram=False,
+            batch_size=self.args.start_batch_size,
         )
         for prm in model.parameters():
             prm.requires_grad_(True)
@@ -684,6 +702,7 @@ class Pipeline:
             lr=self.args.start_learning_rate,
             cram=False,
             redo=self.args.redo and "start" in self.args.stages,
+            batch_size=self.args.start_batch_size,
         )
         if timing is None:
             return None
@@ -704,7 +723,9 @@ class Pipeline:
     def checkpoints_dir(self, key: str) -> str:
         return os.path.join(self.args.models_dir, f"ckpt-{key}")
 
-    def train_checkpointed(self, model, key, *, seed, steps, lr, cram, cram_options=None, redo=False):
+    def train_checkpointed(
+        self, model, key, *, seed, steps, lr, cram, cram_options=None, redo=False, batch_size=None
+    ):
         """``train_mlm`` with a checkpoint every ``--save_every`` steps in ``--models_dir/ckpt-<key>``, going on
         from the last one: the timing summed over the parts, or None when ``--max_minutes`` stopped it (with a
         checkpoint at the stop; the caller removes the checkpoints once the model is saved). ``redo``: start over."""
@@ -724,6 +745,7 @@ class Pipeline:
             cram=cram,
             cram_options=cram_options,
             callbacks=[deadline],
+            batch_size=batch_size,
             checkpoints={
                 "output_dir": ckpt,
                 "save_strategy": "steps",
@@ -757,12 +779,13 @@ class Pipeline:
         callbacks=(),
         checkpoints=None,
         resume=None,
+        batch_size=None,
     ):
         return train(
             model,
             self.data.mlm_train,
             self.data.tokenizer,
-            self.settings(seed, batch_size=self.args.batch_size),
+            self.settings(seed, batch_size=batch_size or self.args.batch_size),
             name=name,
             steps=steps,
             lr=lr,
@@ -1078,9 +1101,7 @@ class Pipeline:
         if a.redo and "start" in a.stages and os.path.isfile(self.head_file):
             os.remove(self.head_file)
         if "start" in a.stages:
-            # Like an upstream run, the warm-up starts when its first checkpoint fits and goes on in a later run.
-            first = a.save_every * self.step_seconds("adamw") + 120
-            if not self.fits("the shared start", min(first, self.start_cost())):
+            if not self.fits("the shared start", self.needed("start", self.start_cost())):
                 return
             if self.start_model() is None:  # trains and saves the shared start when absent
                 return
@@ -1089,15 +1110,13 @@ class Pipeline:
         for seed in a.seeds:
             for arm in a.arms:
                 key, model = f"{arm}-s{seed}", None
-                # An upstream run starts when its first checkpoint fits; --max_minutes stops it with a checkpoint.
-                first = self.start_cost() + a.save_every * self.step_seconds(arm) + 120
-                if self.todo("upstream", key) and self.fits(
-                    f"upstream {key}", min(first, self.upstream_cost(arm, seed))
-                ):
+                oneshot_cost = len(a.levels) * len(a.pruners) * 45 + 60
+                # The model is pruned right after it is trained: a model is not kept from one session to the next.
+                whole = self.upstream_cost(arm, seed) + (oneshot_cost if self.todo("oneshot", key) else 0)
+                if self.todo("upstream", key) and self.fits(f"upstream {key}", self.needed(key, whole)):
                     model = self.upstream(arm, seed)
                     if model is None:
                         break  # the deadline: nothing more of this run
-                oneshot_cost = len(a.levels) * len(a.pruners) * 45 + 60
                 if self.todo("oneshot", key) and self.fits(
                     f"oneshot {key}", oneshot_cost + (0 if model else self.upstream_cost(arm, seed))
                 ):

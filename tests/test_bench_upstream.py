@@ -279,6 +279,13 @@ def test_a_budgeted_run_leaves_units_that_would_not_fit(tmp_path):
     assert pipeline.upstream_cost("cram", 0) == 0.0  # saved: nothing to train
     warm = bu.Pipeline(bu.parse_args(argv + ["--start_steps", "100"]), None, "model", str(tmp_path))
     assert warm.start_cost() == 100 * 2.0 + 60 and warm.upstream_cost("adamw", 1) == 260 + 1500 * 2.0 + 120
+    wide = bu.Pipeline(bu.parse_args(argv + ["--start_batch_size", "16"]), None, "model", str(tmp_path))
+    assert wide.start_cost() == 1000 * 2.0 * 2 + 60  # a warm-up step: an arm's AdamW step x 16 / 8 sequences
+    # Without a checkpoint of its own a run must fit whole (checkpoints do not outlive the session); with one
+    # here, only its first checkpoint.
+    assert warm.needed("adamw-s1", 5000.0) == 5000.0
+    (tmp_path / "m" / "ckpt-adamw-s1" / "checkpoint-100").mkdir(parents=True)
+    assert warm.needed("adamw-s1", 5000.0) == 100 * 2.0 + 120
 
 
 def test_the_deadline_stops_a_run_with_a_checkpoint():
