@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--start_steps", type=int, default=1000, help="Then the whole model, dense (0: the head alone)."
     )
     g.add_argument("--start_learning_rate", type=float, default=3e-4)
-    g.add_argument("--start_batch_size", type=int, default=8, help="Sequences per step of the head and warm-up.")
+    g.add_argument(
+        "--start_batch_size", type=int, default=8, help="Sequences per step of the head and warm-up."
+    )
     g = p.add_argument_group("(b) upstream arms")
     g.add_argument("--upstream_steps", type=int, default=1500)
     g.add_argument(
@@ -575,8 +577,19 @@ class Pipeline:
         base = "adamw" if arm == "adamw_long" else arm
         rounds = [r["seconds_per_step"] for r in self.rows.all().get("timing", {}).values()]
         if rounds:
-            return statistics.fmean(r[base] for r in rounds)
+            return statistics.fmean(r[base] for r in rounds) * self.slowdown(rounds)
         return self.args.step_seconds * {"adamw": 1.0, "cram": 2.3, "cram_i4": 1.3}[base]
+
+    def slowdown(self, rounds) -> float:
+        """How much slower than its timing rounds a whole AdamW run went (at least 1): a long run on a shared
+        machine may not keep the pace of 8 timed steps, and a unit planned too short is lost at the deadline."""
+        timed = statistics.fmean(r["adamw"] for r in rounds)
+        runs = [
+            row["seconds"] / row["steps"]
+            for key, row in self.rows.all().get("upstream", {}).items()
+            if key.startswith("adamw") and row.get("steps")
+        ]
+        return max([1.0] + [run / timed for run in runs])
 
     def saved(self, arm: str, seed: int) -> bool:
         return os.path.isfile(os.path.join(self.model_dir(arm, seed), "tokenizer_config.json"))
@@ -592,9 +605,11 @@ class Pipeline:
         a = self.args
         head = 0.0 if os.path.isfile(self.head_file) else a.head_steps * a.step_seconds * 0.7 + 60
         warm = os.path.isfile(os.path.join(a.models_dir, "start", "tokenizer_config.json"))
-        # The warm-up's steps are start_batch_size / batch_size times an arm's AdamW step.
-        step = self.step_seconds("adamw") * a.start_batch_size / a.batch_size
-        return head + (0.0 if warm or not a.start_steps else a.start_steps * step + 60)
+        return head + (0.0 if warm or not a.start_steps else a.start_steps * self.start_step_seconds() + 60)
+
+    def start_step_seconds(self) -> float:
+        """A warm-up step: an arm's AdamW step x start_batch_size / batch_size."""
+        return self.step_seconds("adamw") * self.args.start_batch_size / self.args.batch_size
 
     def finetune_cost(self, steps: int, runs: float = 1.0) -> float:
         return runs * (steps * self.args.step_seconds * 1.15 + 60)  # KD adds the teacher's forward
@@ -603,9 +618,13 @@ class Pipeline:
         """The time a checkpointed run must fit to be started: all of it (``whole`` seconds), as its checkpoints
         may not outlive the session; only its first checkpoint's when a checkpoint of it is already here (the
         same machine, ``--max_minutes`` stopped it), which ``--max_minutes`` stops it at again."""
-        if get_last_checkpoint(self.checkpoints_dir(key)) if os.path.isdir(self.checkpoints_dir(key)) else None:
-            arm = key.partition("-s")[0] if key != "start" else "adamw"
-            return min(whole, self.args.save_every * self.step_seconds(arm) + 120)
+        if (
+            get_last_checkpoint(self.checkpoints_dir(key))
+            if os.path.isdir(self.checkpoints_dir(key))
+            else None
+        ):
+            step = self.start_step_seconds() if key == "start" else self.step_seconds(key.partition("-s")[0])
+            return min(whole, self.args.save_every * step + 120)
         return whole
 
     def todo(self, stage, key) -> bool:
@@ -1553,7 +1572,9 @@ def markdown(result: dict) -> str:
     lines += ["**Goals** (means over the seeds present)", "", *goal_lines(s), ""]
     half = max(1, cfg["finetune_steps"] // 2)
     lines += [
-        f"Settings: upstream batch {cfg['batch_size']} × {cfg['max_seq_length']} tokens, lr {cfg['learning_rate']}, "
+        f"Settings: shared start {cfg['head_steps']} head steps, then {cfg['start_steps']} dense steps of "
+        f"{cfg['start_batch_size']} × {cfg['max_seq_length']} tokens at lr {cfg['start_learning_rate']}; "
+        f"upstream batch {cfg['batch_size']} × {cfg['max_seq_length']} tokens, lr {cfg['learning_rate']}, "
         f"AdamW (weight decay {cfg['weight_decay']}), linear schedule, 10 % warm-up; CrAM+ rho {cfg['cram_rho']}, "
         f"levels {{{', '.join(cfg['cram_sparsities'])}}}; AdamW at CrAM+'s wall-clock {cfg['long_factor']}× the steps, "
         f"every-4 CrAM at AdamW's wall-clock 1/{cfg['interval_factor']} of them. Downstream: batch "

@@ -272,6 +272,10 @@ def test_a_budgeted_run_leaves_units_that_would_not_fit(tmp_path):
         )
     assert pipeline.step_seconds("cram") == 4.5 and pipeline.step_seconds("adamw_long") == 2.0
     assert pipeline.upstream_cost("cram", 0) == 1500 * 4.5 + 120  # 115 min: more than the hour
+    slow = bu.Pipeline(bu.parse_args(argv + ["--start_steps", "0"]), None, "model", str(tmp_path))
+    slow.rows.put("upstream", "adamw-s9", {"seconds": 3000.0, "steps": 1000})  # 3 s per step, timed at 2
+    assert slow.step_seconds("cram") == 4.5 * 1.5 and slow.step_seconds("adamw") == 3.0
+    os.remove(slow.rows.path("upstream", "adamw-s9"))
     assert not pipeline.fits("upstream cram-s0", pipeline.upstream_cost("cram", 0))
     assert pipeline.fits("upstream adamw-s0", pipeline.upstream_cost("adamw", 0) - 2000)  # 19 min
     (tmp_path / "m" / "cram-s0").mkdir(parents=True)
