@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch_size",
         type=int,
         default=8,
-        help="Sequences per upstream step of the arms (8: AdamW and CrAM+ of one seed fit one session).",
+        help="Sequences per upstream step of the arms (8: one arm of one seed, with the warm-up, fits a session).",
     )
     g.add_argument("--learning_rate", type=float, default=3e-4)
     g.add_argument("--weight_decay", type=float, default=0.01)
@@ -216,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--long_factor",
         type=float,
-        default=2.25,
-        help="adamw_long steps / AdamW's (CrAM+'s cost, measured 2.27x).",
+        default=2.1,
+        help="adamw_long steps / AdamW's (CrAM+'s cost at batch 8, measured 2.10x).",
     )
     g.add_argument(
         "--interval_factor",
         type=float,
-        default=1.15,
-        help="cram_i4's cost per step / AdamW's (measured 1.15x).",
+        default=1.28,
+        help="cram_i4's cost per step / AdamW's (at batch 8, measured 1.28x).",
     )
     g.add_argument(
         "--step_seconds",
@@ -575,18 +575,20 @@ class Pipeline:
     def step_seconds(self, arm: str) -> float:
         """Seconds per upstream step of ``arm``: from the timing rows, else ``--step_seconds`` x a nominal cost."""
         base = "adamw" if arm == "adamw_long" else arm
-        rounds = [r["seconds_per_step"] for r in self.rows.all().get("timing", {}).values()]
+        rows = self.rows.all()
+        rounds = [r["seconds_per_step"] for r in rows.get("timing", {}).values()]
         if rounds:
-            return statistics.fmean(r[base] for r in rounds) * self.slowdown(rounds)
+            return statistics.fmean(r[base] for r in rounds) * self.slowdown(rounds, rows.get("upstream", {}))
         return self.args.step_seconds * {"adamw": 1.0, "cram": 2.3, "cram_i4": 1.3}[base]
 
-    def slowdown(self, rounds) -> float:
+    @staticmethod
+    def slowdown(rounds, upstream_rows) -> float:
         """How much slower than its timing rounds a whole AdamW run went (at least 1): a long run on a shared
         machine may not keep the pace of 8 timed steps, and a unit planned too short is lost at the deadline."""
         timed = statistics.fmean(r["adamw"] for r in rounds)
         runs = [
             row["seconds"] / row["steps"]
-            for key, row in self.rows.all().get("upstream", {}).items()
+            for key, row in upstream_rows.items()
             if key.startswith("adamw") and row.get("steps")
         ]
         return max([1.0] + [run / timed for run in runs])
@@ -618,11 +620,7 @@ class Pipeline:
         """The time a checkpointed run must fit to be started: all of it (``whole`` seconds), as its checkpoints
         may not outlive the session; only its first checkpoint's when a checkpoint of it is already here (the
         same machine, ``--max_minutes`` stopped it), which ``--max_minutes`` stops it at again."""
-        if (
-            get_last_checkpoint(self.checkpoints_dir(key))
-            if os.path.isdir(self.checkpoints_dir(key))
-            else None
-        ):
+        if self.last_checkpoint(key):
             step = self.start_step_seconds() if key == "start" else self.step_seconds(key.partition("-s")[0])
             return min(whole, self.args.save_every * step + 120)
         return whole
@@ -742,6 +740,10 @@ class Pipeline:
     def checkpoints_dir(self, key: str) -> str:
         return os.path.join(self.args.models_dir, f"ckpt-{key}")
 
+    def last_checkpoint(self, key: str):
+        ckpt = self.checkpoints_dir(key)
+        return get_last_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+
     def train_checkpointed(
         self, model, key, *, seed, steps, lr, cram, cram_options=None, redo=False, batch_size=None
     ):
@@ -751,7 +753,7 @@ class Pipeline:
         ckpt = self.checkpoints_dir(key)
         if redo:
             shutil.rmtree(ckpt, ignore_errors=True)
-        last = get_last_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+        last = self.last_checkpoint(key)
         if last:
             log(f"    {key}: going on from {last}")
         deadline = Deadline(self.deadline)
