@@ -602,6 +602,17 @@ class Pipeline:
             return 0.0
         return self.start_cost() + arm_steps(vars(self.args), arm) * self.step_seconds(arm) + 120
 
+    def oneshot_cost(self) -> float:
+        """Seconds to prune one model at every level with every pruner and score each (SparseGPT's calibration
+        included)."""
+        return len(self.args.levels) * len(self.args.pruners) * 45 + 60
+
+    def unit_cost(self, arm: str, seed: int) -> float:
+        """Seconds to train (arm, seed) and, unless its row is here, prune it one-shot right after: the two
+        must fit one run, as the model may not be kept from one session to the next."""
+        oneshot = self.oneshot_cost() if self.todo("oneshot", f"{arm}-s{seed}") else 0.0
+        return self.upstream_cost(arm, seed) + oneshot
+
     def start_cost(self) -> float:
         """Seconds to have the shared start (0 when it is saved)."""
         a = self.args
@@ -692,6 +703,7 @@ class Pipeline:
                 "dense": after,
                 "head_tensors": sorted(state),
                 "steps": self.args.head_steps,
+                "batch_size": self.args.start_batch_size,
                 **timing,
             },
         )
@@ -1131,15 +1143,14 @@ class Pipeline:
         for seed in a.seeds:
             for arm in a.arms:
                 key, model = f"{arm}-s{seed}", None
-                oneshot_cost = len(a.levels) * len(a.pruners) * 45 + 60
-                # The model is pruned right after it is trained: a model is not kept from one session to the next.
-                whole = self.upstream_cost(arm, seed) + (oneshot_cost if self.todo("oneshot", key) else 0)
-                if self.todo("upstream", key) and self.fits(f"upstream {key}", self.needed(key, whole)):
+                if self.todo("upstream", key) and self.fits(
+                    f"upstream {key}", self.needed(key, self.unit_cost(arm, seed))
+                ):
                     model = self.upstream(arm, seed)
                     if model is None:
                         break  # the deadline: nothing more of this run
                 if self.todo("oneshot", key) and self.fits(
-                    f"oneshot {key}", oneshot_cost + (0 if model else self.upstream_cost(arm, seed))
+                    f"oneshot {key}", self.oneshot_cost() + (0 if model else self.upstream_cost(arm, seed))
                 ):
                     model = model or self.upstream(arm, seed)
                     if model is not None:
@@ -1507,7 +1518,8 @@ def missing_lines(s: dict) -> list[str]:
         stage, key = m.split("/", 1)
         by_stage.setdefault(stage, []).append(key)
     lines = [
-        f"**Missing: {len(missing)} of {s['expected']} rows** (run the same command again to fill them):",
+        f"**Missing: {len(missing)} of {s['expected']} rows** (each run of the pipeline with its stages fills what "
+        "fits its `--max_minutes`: `make upstream`):",
         "",
     ]
     for stage, keys in by_stage.items():
@@ -1531,7 +1543,9 @@ def markdown(result: dict) -> str:
     if start:
         warm = s["warmup"]
         lines += [
-            f"**(a) Shared start**: the MLM head trained {start['steps']} steps with the encoder frozen — held-out "
+            f"**(a) Shared start**: the MLM head trained {start['steps']} steps"
+            + (f" of {start['batch_size']} sequences" if start.get("batch_size") else "")
+            + " with the encoder frozen — held-out "
             f"masked-token accuracy {start['untrained_head']['accuracy']:.3f} (fresh head) → "
             f"**{start['dense']['accuracy']:.3f}**"
             + (

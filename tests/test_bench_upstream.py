@@ -40,7 +40,12 @@ def full_rows():
     Transfer to BBC: CrAM+ dense FT 0.96, 80 % + KD 0.955 / 0.951 (0.7 below), AdamW 80 % + KD 0.93 / 0.93."""
     rows = {
         "start": {
-            "head": {"untrained_head": {"accuracy": 0.01}, "dense": {"accuracy": 0.10}, "steps": 300},
+            "head": {
+                "untrained_head": {"accuracy": 0.01},
+                "dense": {"accuracy": 0.10},
+                "steps": 300,
+                "batch_size": 16,
+            },
             "warmup": {"dense": {"accuracy": 0.42}, "steps": 1000},
         },
         "timing": {
@@ -137,6 +142,7 @@ def test_report_means_spread_shares_and_goals(tmp_path):
         and "0.010 (fresh head) → **0.100**; then the whole model 1000" in table
     )
     assert "→ **0.420**, the start of every arm." in table
+    assert "the MLM head trained 300 steps of 16 sequences with the encoder frozen" in table
     goals = {g["goal"]: g for g in s["goals"]}
     assert goals["CrAM+ keeps >= 90 % of dense at 80 % one-shot (best pruner)"]["met"] is True
     beat8 = goals["CrAM+ beats AdamW at 80% one-shot by more than the seed spread"]
@@ -288,6 +294,12 @@ def test_a_budgeted_run_leaves_units_that_would_not_fit(tmp_path):
     # Without a checkpoint of its own a run must fit whole (checkpoints do not outlive the session); with one
     # here, only its first checkpoint.
     assert warm.needed("adamw-s1", 5000.0) == 5000.0
+    # A unit is its training and its one-shot (3 levels x 2 pruners here), as the model is pruned in the same
+    # run; once the one-shot row is here, its training alone.
+    assert warm.oneshot_cost() == 3 * 2 * 45 + 60
+    assert warm.unit_cost("adamw", 1) == warm.upstream_cost("adamw", 1) + warm.oneshot_cost()
+    warm.rows.put("oneshot", "adamw-s1", {"oneshot": {}})
+    assert warm.unit_cost("adamw", 1) == warm.upstream_cost("adamw", 1)
     (tmp_path / "m" / "ckpt-adamw-s1" / "checkpoint-100").mkdir(parents=True)
     assert warm.needed("adamw-s1", 5000.0) == 100 * 2.0 + 120
 
